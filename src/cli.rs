@@ -1,0 +1,281 @@
+//! Command-line interface. Every flag overrides the config file and presets, and can also be
+//! set as a `CAPFILT_*` environment variable.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::RunConfig;
+
+#[derive(Debug, Parser)]
+#[command(name = "capfilt", version, about = "Caption and filter web-scale image datasets with BLIP")]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "CAPFILT_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Caption URL lists in this process and write one Parquet file per shard.
+    Run(RunArgs),
+    /// Inspect configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration (presets, file, environment and flags) as TOML.
+    Show(Settings),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// URL lists: files, directories, glob patterns or https:// URLs.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<String>,
+
+    /// Folder for the shard files and manifest.json.
+    #[arg(long, short, env = "CAPFILT_OUTPUT")]
+    pub output: PathBuf,
+
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// Settings shared by every command that builds a configuration.
+#[derive(Debug, Args)]
+pub struct Settings {
+    /// Config preset (default, quality, fast) or TOML file; flags override it.
+    #[arg(long, env = "CAPFILT_CONFIG")]
+    pub config: Option<String>,
+
+    /// Captioning model: Hugging Face hub id or local folder in HF layout
+    /// [default: Salesforce/blip-image-captioning-large].
+    #[arg(long, env = "CAPFILT_MODEL")]
+    pub model: Option<String>,
+    /// Hub revision (branch, tag or commit) of the model.
+    #[arg(long, env = "CAPFILT_REVISION")]
+    pub revision: Option<String>,
+    /// Use only model files already in the Hugging Face cache.
+    #[arg(long, env = "CAPFILT_OFFLINE")]
+    pub offline: bool,
+    /// Compute device: cpu, cuda or cuda:N.
+    #[arg(long, env = "CAPFILT_DEVICE")]
+    pub device: Option<String>,
+
+    /// Input format, instead of detecting it from the file extension.
+    #[arg(long, value_parser = ["json", "jsonl", "csv", "tsv", "txt", "parquet"], env = "CAPFILT_INPUT_FORMAT")]
+    pub input_format: Option<String>,
+    /// URL column name, or 0-based index with --no-header.
+    #[arg(long, env = "CAPFILT_URL_COL")]
+    pub url_col: Option<String>,
+    /// Web caption column name, or 0-based index with --no-header.
+    #[arg(long, env = "CAPFILT_CAPTION_COL")]
+    pub caption_col: Option<String>,
+    /// Column whose value becomes the row key (default: input file and row number).
+    #[arg(long, env = "CAPFILT_KEY_COL")]
+    pub key_col: Option<String>,
+    /// Input columns copied to the output, comma separated.
+    #[arg(long, value_delimiter = ',', env = "CAPFILT_KEEP_COLS")]
+    pub keep_cols: Option<Vec<String>>,
+    /// CSV/TSV files have no header row (CC3M style: caption, then URL).
+    #[arg(long, env = "CAPFILT_NO_HEADER")]
+    pub no_header: bool,
+
+    /// Input rows per output file.
+    #[arg(long, env = "CAPFILT_SHARD_SIZE")]
+    pub shard_size: Option<usize>,
+    /// Images per model batch.
+    #[arg(long, env = "CAPFILT_BATCH_SIZE")]
+    pub batch_size: Option<usize>,
+    /// Redo shards whose output file exists instead of skipping them.
+    #[arg(long, env = "CAPFILT_OVERWRITE")]
+    pub overwrite: bool,
+    /// Image decoding threads (0: one per core).
+    #[arg(long, env = "CAPFILT_DECODE_THREADS")]
+    pub decode_threads: Option<usize>,
+
+    /// Caption decoding: greedy or beam.
+    #[arg(long, value_parser = ["greedy", "beam"], env = "CAPFILT_DECODING")]
+    pub decoding: Option<String>,
+    /// Beams for beam search.
+    #[arg(long, env = "CAPFILT_NUM_BEAMS")]
+    pub num_beams: Option<usize>,
+    /// Longest caption in tokens, prompt included.
+    #[arg(long, env = "CAPFILT_MAX_LENGTH")]
+    pub max_length: Option<usize>,
+    /// Shortest caption in tokens, prompt included.
+    #[arg(long, env = "CAPFILT_MIN_LENGTH")]
+    pub min_length: Option<usize>,
+    /// Repetition penalty (1.0 is none).
+    #[arg(long, env = "CAPFILT_REPETITION_PENALTY")]
+    pub repetition_penalty: Option<f32>,
+    /// Text the captions start from, removed from the output ("" for none).
+    #[arg(long, env = "CAPFILT_PROMPT")]
+    pub prompt: Option<String>,
+
+    /// Concurrent downloads.
+    #[arg(long, env = "CAPFILT_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// Seconds allowed for one download attempt (connection, headers and body).
+    #[arg(long, env = "CAPFILT_TIMEOUT")]
+    pub timeout: Option<f64>,
+    /// Seconds allowed to connect.
+    #[arg(long, env = "CAPFILT_CONNECT_TIMEOUT")]
+    pub connect_timeout: Option<f64>,
+    /// Largest image accepted, in bytes.
+    #[arg(long, env = "CAPFILT_MAX_BYTES")]
+    pub max_bytes: Option<u64>,
+    /// Redirects followed per download.
+    #[arg(long, env = "CAPFILT_MAX_REDIRECTS")]
+    pub max_redirects: Option<usize>,
+    /// Retries after a transient download failure.
+    #[arg(long, env = "CAPFILT_RETRIES")]
+    pub retries: Option<u32>,
+    /// User-Agent header sent with downloads.
+    #[arg(long, env = "CAPFILT_USER_AGENT")]
+    pub user_agent: Option<String>,
+    /// Smallest accepted image side in pixels.
+    #[arg(long, env = "CAPFILT_MIN_SIZE")]
+    pub min_size: Option<u32>,
+    /// Largest accepted image in pixels (width x height).
+    #[arg(long, env = "CAPFILT_MAX_PIXELS")]
+    pub max_pixels: Option<u64>,
+}
+
+impl Settings {
+    /// Builds the effective configuration: preset or file first, then these flags.
+    pub fn resolve(&self) -> anyhow::Result<RunConfig> {
+        let mut config = RunConfig::load(self.config.as_deref())?;
+        self.apply(&mut config)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply(&self, config: &mut RunConfig) -> anyhow::Result<()> {
+        set(&mut config.model.id, self.model.clone());
+        set_some(&mut config.model.revision, self.revision.clone());
+        config.model.offline |= self.offline;
+        set(&mut config.model.device, self.device.clone());
+
+        set_some(&mut config.input.format, self.input_format.clone());
+        set_some(&mut config.input.url_col, self.url_col.clone());
+        set_some(&mut config.input.caption_col, self.caption_col.clone());
+        set_some(&mut config.input.key_col, self.key_col.clone());
+        set(&mut config.input.keep_cols, self.keep_cols.clone());
+        if self.no_header {
+            config.input.header = false;
+        }
+
+        set(&mut config.run.shard_size, self.shard_size);
+        set(&mut config.run.batch_size, self.batch_size);
+        config.run.overwrite |= self.overwrite;
+        set(&mut config.run.decode_threads, self.decode_threads);
+
+        if let Some(decoding) = &self.decoding {
+            config.caption.decoding = serde_json::from_value(serde_json::Value::String(decoding.clone()))?;
+        }
+        set(&mut config.caption.num_beams, self.num_beams);
+        set(&mut config.caption.max_length, self.max_length);
+        set(&mut config.caption.min_length, self.min_length);
+        set(&mut config.caption.repetition_penalty, self.repetition_penalty);
+        set(&mut config.caption.prompt, self.prompt.clone());
+
+        set(&mut config.download.concurrency, self.concurrency);
+        set(&mut config.download.timeout_secs, self.timeout);
+        set(&mut config.download.connect_timeout_secs, self.connect_timeout);
+        set(&mut config.download.max_bytes, self.max_bytes);
+        set(&mut config.download.max_redirects, self.max_redirects);
+        set(&mut config.download.retries, self.retries);
+        set(&mut config.download.user_agent, self.user_agent.clone());
+        set(&mut config.image.min_size, self.min_size);
+        set(&mut config.image.max_pixels, self.max_pixels);
+        Ok(())
+    }
+}
+
+fn set<T>(target: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *target = value;
+    }
+}
+
+fn set_some<T>(target: &mut Option<T>, value: Option<T>) {
+    if value.is_some() {
+        *target = value;
+    }
+}
+
+/// Sends logs to stderr; `RUST_LOG` sets levels (default `info`).
+pub fn init_logging(cli: &Cli) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => run(args).await,
+        Command::Config(ConfigCommand::Show(settings)) => {
+            print!("{}", settings.resolve()?.to_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = args.settings.resolve()?;
+    tracing::info!(output = %args.output.display(), "starting run with config:\n{}", config.to_toml());
+
+    let summary = tokio::select! {
+        summary = crate::pipeline::run(&args.inputs, &args.output, config) => summary?,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted: finished shards are kept; run the same command again to resume");
+            return Ok(ExitCode::from(130));
+        }
+    };
+
+    print_summary(&summary);
+    if summary.failed_inputs.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for (input, error) in &summary.failed_inputs {
+            eprintln!("error: input {input} failed: {error}");
+        }
+        Ok(ExitCode::from(2))
+    }
+}
+
+fn print_summary(summary: &crate::pipeline::RunSummary) {
+    let counts = &summary.counts;
+    eprintln!(
+        "done: {} rows in {} shards ({} skipped as already written), {} ok, {} failed, {:.1} s, {:.2} images/s",
+        counts.rows,
+        summary.shards.len(),
+        summary.skipped_shards.len(),
+        counts.ok,
+        counts.failed,
+        summary.seconds,
+        summary.images_per_second
+    );
+    for (status, count) in &counts.by_status {
+        eprintln!("  {status}: {count}");
+    }
+    eprintln!("output: {}", summary.output.display());
+}

@@ -1,0 +1,201 @@
+//! The run configuration: built-in presets, a TOML file, `CAPFILT_*` environment variables and
+//! command-line flags, applied in that order.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use capfilt_workers::CaptionSettings;
+use serde::{Deserialize, Serialize};
+
+use crate::fetch::DownloadConfig;
+
+/// Presets shipped in `configs/`, selectable by name with `--config NAME`.
+pub const PRESETS: [(&str, &str); 3] = [
+    ("default", include_str!("../configs/default.toml")),
+    ("quality", include_str!("../configs/quality.toml")),
+    ("fast", include_str!("../configs/fast.toml")),
+];
+
+/// Everything a run needs besides its inputs and output location.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    pub input: InputConfig,
+    pub model: ModelConfig,
+    pub download: DownloadConfig,
+    pub image: ImageConfig,
+    pub caption: CaptionSettings,
+    pub run: RunSettings,
+}
+
+/// How URL lists are read.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputConfig {
+    /// `json`, `jsonl`, `csv`, `tsv`, `txt` or `parquet`; detected from the extension when unset.
+    pub format: Option<String>,
+    pub url_col: Option<String>,
+    pub caption_col: Option<String>,
+    pub key_col: Option<String>,
+    pub keep_cols: Vec<String>,
+    /// Whether CSV and TSV files start with a header row.
+    pub header: bool,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        Self { format: None, url_col: None, caption_col: None, key_col: None, keep_cols: Vec::new(), header: true }
+    }
+}
+
+/// Which checkpoint runs, and where.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Hub id or local folder in Hugging Face layout.
+    pub id: String,
+    pub revision: Option<String>,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// Only use files already in the Hugging Face cache.
+    pub offline: bool,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            id: "Salesforce/blip-image-captioning-large".into(),
+            revision: None,
+            device: "cpu".into(),
+            offline: false,
+        }
+    }
+}
+
+/// Image acceptance limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageConfig {
+    /// Largest decoded image accepted, in pixels (width x height as declared in the header).
+    pub max_pixels: u64,
+    /// Smallest accepted side in pixels; smaller images end as `too_small`. 0 accepts all.
+    pub min_size: u32,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        Self { max_pixels: 100_000_000, min_size: 0 }
+    }
+}
+
+/// Batching and sharding.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSettings {
+    /// Input rows per output file.
+    pub shard_size: usize,
+    /// Images per model batch.
+    pub batch_size: usize,
+    /// Prepared batches allowed to wait for the model.
+    pub prefetch_batches: usize,
+    /// Threads decoding and resizing images; 0 uses every core.
+    pub decode_threads: usize,
+    /// Milliseconds the model waits to fill a batch before running a partial one.
+    pub batch_linger_ms: u64,
+    /// Redo shards whose output file already exists instead of skipping them.
+    pub overwrite: bool,
+}
+
+impl Default for RunSettings {
+    fn default() -> Self {
+        Self { shard_size: 10_000, batch_size: 16, prefetch_batches: 2, decode_threads: 0, batch_linger_ms: 200, overwrite: false }
+    }
+}
+
+impl RunConfig {
+    /// Loads `--config`: a preset name from `configs/` or a TOML file path; the built-in default
+    /// preset without one.
+    pub fn load(config: Option<&str>) -> anyhow::Result<Self> {
+        let Some(name) = config else {
+            return Self::from_toml(PRESETS[0].1, "preset default");
+        };
+        if let Some((_, text)) = PRESETS.iter().find(|(preset, _)| *preset == name) {
+            return Self::from_toml(text, &format!("preset {name}"));
+        }
+
+        let path = Path::new(name);
+        if !path.is_file() {
+            let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
+            bail!("config {name} is neither a file nor a preset (presets: {})", names.join(", "));
+        }
+        let text = std::fs::read_to_string(path).with_context(|| format!("failed to read config {}", path.display()))?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    fn from_toml(text: &str, origin: &str) -> anyhow::Result<Self> {
+        toml::from_str(text).with_context(|| format!("invalid config in {origin}"))
+    }
+
+    /// Rejects settings that cannot run.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.run.shard_size == 0 {
+            bail!("shard_size must be at least 1");
+        }
+        if self.run.batch_size == 0 {
+            bail!("batch_size must be at least 1");
+        }
+        if self.download.concurrency == 0 {
+            bail!("download concurrency must be at least 1");
+        }
+        if self.download.max_bytes == 0 {
+            bail!("download max_bytes must be at least 1");
+        }
+        if !(self.download.timeout_secs > 0.0) || !(self.download.connect_timeout_secs > 0.0) {
+            bail!("download timeouts must be positive");
+        }
+        self.caption.validate()?;
+        Ok(())
+    }
+
+    /// The configuration as TOML, for logs and the run manifest. It holds no secrets: credentials
+    /// come only from the environment and are never copied into it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# config could not be shown: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_parse_and_validate() {
+        for (name, _) in PRESETS {
+            let config = RunConfig::load(Some(name)).unwrap();
+            config.validate().unwrap_or_else(|e| panic!("preset {name}: {e}"));
+        }
+    }
+
+    #[test]
+    fn default_preset_matches_blip_evaluation() {
+        let config = RunConfig::load(None).unwrap();
+        assert_eq!(config.caption.num_beams, 3);
+        assert_eq!(config.caption.max_length, 20);
+        assert_eq!(config.caption.min_length, 5);
+        assert_eq!(config.caption.prompt, "a picture of ");
+        assert_eq!(config.model.id, "Salesforce/blip-image-captioning-large");
+        assert_eq!(config.run.shard_size, 10_000);
+    }
+
+    #[test]
+    fn unknown_keys_rejected() {
+        let error = RunConfig::from_toml("[run]\nshard_sise = 3\n", "test").unwrap_err();
+        assert!(format!("{error:#}").contains("shard_sise"), "{error:#}");
+    }
+
+    #[test]
+    fn unknown_preset_names_presets() {
+        let error = RunConfig::load(Some("nonexistent-preset")).unwrap_err();
+        assert!(error.to_string().contains("quality"), "{error}");
+    }
+}

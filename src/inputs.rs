@@ -1,0 +1,54 @@
+//! Turning the INPUT arguments into local files: local paths, directories and globs go to the
+//! coordinator's resolver; `https://` list files are downloaded first.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use capfilt_coordinator::{resolve_inputs, InputFile};
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+/// Resolves every INPUT argument, downloading remote lists into `download_dir`.
+pub async fn resolve(patterns: &[String], client: &reqwest::Client, download_dir: &Path) -> anyhow::Result<Vec<InputFile>> {
+    let mut files = Vec::new();
+    let mut local = Vec::new();
+
+    for pattern in patterns {
+        let lower = pattern.to_ascii_lowercase();
+        if lower.starts_with("http://") || lower.starts_with("https://") {
+            let path = download_list(pattern, client, download_dir, files.len()).await?;
+            files.push(InputFile::new(path, pattern.clone()));
+        } else if lower.starts_with("s3://") {
+            bail!("input {pattern}: s3:// URL lists are not supported by this build");
+        } else {
+            local.push(pattern.clone());
+        }
+    }
+
+    if !local.is_empty() {
+        let paths = resolve_inputs(&local)?;
+        files.extend(paths.into_iter().map(InputFile::local));
+    }
+    Ok(files)
+}
+
+/// Streams a remote URL list to disk, keeping its file name so the format can be detected.
+async fn download_list(url: &str, client: &reqwest::Client, dir: &Path, index: usize) -> anyhow::Result<PathBuf> {
+    let parsed = reqwest::Url::parse(url).with_context(|| format!("invalid input URL {url}"))?;
+    let name = parsed.path_segments().and_then(|mut s| s.next_back()).filter(|n| !n.is_empty()).unwrap_or("list.txt");
+    let path = dir.join(format!("{index:04}-{name}"));
+
+    let response = client.get(parsed.clone()).send().await.with_context(|| format!("failed to download input {url}"))?;
+    if !response.status().is_success() {
+        bail!("failed to download input {url}: HTTP {}", response.status().as_u16());
+    }
+
+    let mut file = tokio::fs::File::create(&path).await.with_context(|| format!("failed to create {}", path.display()))?;
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.with_context(|| format!("failed to download input {url}"))?;
+        file.write_all(&chunk).await?;
+    }
+    file.flush().await?;
+    Ok(path)
+}

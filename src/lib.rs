@@ -1,0 +1,15 @@
+//! capfilt: caption and filter web-scale image datasets with BLIP.
+//!
+//! The binary's runtime: configuration, downloads, the embedded pipeline and Parquet output.
+//! Reading and sharding URL lists lives in `capfilt-coordinator`; image preprocessing and the
+//! model live in `capfilt-workers`.
+
+pub mod cli;
+pub mod config;
+pub mod fetch;
+pub mod inputs;
+pub mod model_source;
+pub mod pipeline;
+pub mod progress;
+pub mod sink;
+pub mod status;

@@ -1,0 +1,296 @@
+//! The embedded pipeline behind `capfilt run`: read and shard URL lists, download and prepare
+//! images, caption them in batches on a model thread, and write one Parquet file per shard.
+//!
+//! Stages talk through bounded queues: at most `download.concurrency` rows are being fetched or
+//! prepared, at most `batch_size * prefetch_batches` prepared images wait for the model, and a
+//! bounded number of shards are open at once, so memory does not grow with the input.
+
+mod model;
+mod prepare;
+mod shard;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use capfilt_coordinator::{read_rows, shards, InputFile, ReadOptions, Shard};
+use capfilt_workers::image::{DecodeLimits, PreprocessConfig};
+use capfilt_workers::{CaptionSettings, Captioner};
+use candle_core::{DType, Device};
+use serde::Serialize;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::config::RunConfig;
+use crate::fetch::Fetcher;
+use crate::model_source::ResolvedModel;
+use crate::progress::Counts;
+use crate::sink::check_kept_columns;
+
+pub use model::{BatchItem, CaptionedRow, ModelStats};
+pub use prepare::{ImageInfo, PreparedImage, Preparer, RowFailure};
+pub use shard::{OpenShard, ShardRecord};
+
+/// A row within the run: the shard's sequence number and the row's position in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RowId {
+    pub shard: u64,
+    pub row: usize,
+}
+
+/// Messages to the collector, which assembles shard files.
+pub enum Event {
+    Opened(OpenShard),
+    Failed { row: RowId, failure: RowFailure },
+    Captioned(CaptionedRow),
+    Skipped { id: String, input: String, rows: usize },
+    InputsRead { rows: u64 },
+    InputFailed { input: String, error: String },
+}
+
+/// What the producer thread hands to the dispatcher.
+enum Work {
+    Shard { shard: Shard, base_dir: Option<PathBuf> },
+}
+
+/// The outcome of a run, also written to `manifest.json`.
+#[derive(Debug, Serialize)]
+pub struct RunSummary {
+    pub version: &'static str,
+    pub output: PathBuf,
+    pub inputs: Vec<String>,
+    pub model: ResolvedModel,
+    pub config: RunConfig,
+    pub counts: Counts,
+    pub shards: Vec<ShardRecord>,
+    pub skipped_shards: Vec<String>,
+    pub failed_inputs: Vec<(String, String)>,
+    pub seconds: f64,
+    pub images_per_second: f64,
+    pub model_batches: u64,
+    pub model_seconds: f64,
+}
+
+/// Parses `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(name: &str) -> anyhow::Result<Device> {
+    match name.trim() {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(0).context("failed to open CUDA device 0 (was capfilt built with --features cuda?)"),
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+            Some(ordinal) => Device::new_cuda(ordinal)
+                .with_context(|| format!("failed to open CUDA device {ordinal} (was capfilt built with --features cuda?)")),
+            None => bail!("invalid device {other:?}: expected cpu, cuda or cuda:N"),
+        },
+    }
+}
+
+pub fn read_options(config: &RunConfig) -> anyhow::Result<ReadOptions> {
+    let format = match &config.input.format {
+        Some(name) => Some(name.parse().map_err(|e| anyhow::anyhow!("invalid input format {name:?}: {e}"))?),
+        None => None,
+    };
+    Ok(ReadOptions {
+        format,
+        url_col: config.input.url_col.clone(),
+        caption_col: config.input.caption_col.clone(),
+        key_col: config.input.key_col.clone(),
+        keep_cols: config.input.keep_cols.clone(),
+        header: config.input.header,
+    })
+}
+
+/// Runs the whole job in this process.
+pub async fn run(inputs: &[String], output: &Path, config: RunConfig) -> anyhow::Result<RunSummary> {
+    let started = Instant::now();
+    config.validate()?;
+    check_kept_columns(&config.input.keep_cols)?;
+    let options = read_options(&config)?;
+    std::fs::create_dir_all(output).with_context(|| format!("failed to create output folder {}", output.display()))?;
+    shard::remove_stale_temp_files(output);
+
+    let fetcher = Fetcher::new(config.download.clone())?;
+    let list_dir = tempfile::tempdir().context("failed to create a temporary folder for remote lists")?;
+    let input_files = crate::inputs::resolve(inputs, fetcher.client(), list_dir.path()).await?;
+    tracing::info!(inputs = input_files.len(), "inputs resolved");
+
+    let (model, captioner) = load_model(&config).await?;
+    let metadata = shard::file_metadata(&model, &config.caption);
+
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let prefetch = config.run.batch_size * config.run.prefetch_batches.max(1);
+    let (batch_tx, batch_rx) = flume::bounded::<BatchItem>(prefetch);
+    let model_thread = spawn_model_thread(captioner, batch_rx, events_tx.clone(), &config);
+
+    let preparer = Arc::new(Preparer {
+        fetcher,
+        limits: decode_limits(&config),
+        preprocess: PreprocessConfig { size: model.image_size as u32, ..PreprocessConfig::blip() },
+        pool: Arc::new(decode_pool(config.run.decode_threads)?),
+    });
+    let (work_tx, work_rx) = mpsc::channel(1);
+    let producer = spawn_producer(input_files, options, config.clone(), output.to_path_buf(), work_tx, events_tx.clone());
+    let dispatcher = tokio::spawn(dispatch(work_rx, preparer, batch_tx, events_tx, open_shard_limit(&config), config.download.concurrency));
+
+    let collected = shard::collect(events_rx, output, &config.input.keep_cols, &metadata).await;
+    let stats = model_thread.join().map_err(|_| anyhow::anyhow!("the model thread panicked"))?;
+    dispatcher.await.context("the download dispatcher stopped unexpectedly")?;
+    producer.await.context("the input reader stopped unexpectedly")?;
+    let collected = collected?;
+
+    let seconds = started.elapsed().as_secs_f64();
+    let summary = RunSummary {
+        version: env!("CARGO_PKG_VERSION"),
+        output: output.to_path_buf(),
+        inputs: inputs.to_vec(),
+        model,
+        images_per_second: collected.counts.ok as f64 / seconds.max(1e-9),
+        counts: collected.counts,
+        shards: collected.shards,
+        skipped_shards: collected.skipped,
+        failed_inputs: collected.failed_inputs,
+        config,
+        seconds,
+        model_batches: stats.batches,
+        model_seconds: stats.busy.as_secs_f64(),
+    };
+    shard::write_manifest(output, &summary)?;
+    Ok(summary)
+}
+
+async fn load_model(config: &RunConfig) -> anyhow::Result<(ResolvedModel, Captioner)> {
+    let model_config = config.model.clone();
+    let settings: CaptionSettings = config.caption.clone();
+    tokio::task::spawn_blocking(move || {
+        let model = crate::model_source::resolve(&model_config.id, model_config.revision.as_deref(), model_config.offline)?;
+        let device = parse_device(&model_config.device)?;
+        tracing::info!(model = %model.id, source = model.source, dir = %model.dir.display(), device = %model_config.device, "loading model");
+        let captioner = Captioner::load(&model.files, settings, &device, DType::F32)
+            .with_context(|| format!("failed to load model {}", model.id))?;
+        let model = ResolvedModel { image_size: captioner.image_size(), ..model };
+        Ok((model, captioner))
+    })
+    .await
+    .context("model loading stopped unexpectedly")?
+}
+
+fn spawn_model_thread(
+    captioner: Captioner,
+    input: flume::Receiver<BatchItem>,
+    output: mpsc::UnboundedSender<Event>,
+    config: &RunConfig,
+) -> std::thread::JoinHandle<ModelStats> {
+    let batch_size = config.run.batch_size;
+    let linger = Duration::from_millis(config.run.batch_linger_ms);
+    std::thread::Builder::new()
+        .name("capfilt-model".into())
+        .spawn(move || model::run_model_loop(captioner, input, output, batch_size, linger))
+        .expect("spawning the model thread")
+}
+
+fn decode_limits(config: &RunConfig) -> DecodeLimits {
+    DecodeLimits { max_pixels: config.image.max_pixels, min_size: config.image.min_size, ..DecodeLimits::default() }
+}
+
+fn decode_pool(threads: usize) -> anyhow::Result<rayon::ThreadPool> {
+    let threads = if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("capfilt-decode-{i}"))
+        .build()
+        .context("failed to start the image decoding threads")
+}
+
+/// Enough open shards to keep every download slot busy, and at least two so one shard's last
+/// stragglers do not stall the next.
+fn open_shard_limit(config: &RunConfig) -> usize {
+    let rows_wanted = 4 * config.download.concurrency;
+    rows_wanted.div_ceil(config.run.shard_size).clamp(2, 256)
+}
+
+/// Reads inputs on a blocking thread and hands shards over one at a time; shards whose output
+/// already exists are skipped unless `overwrite` is set.
+fn spawn_producer(
+    files: Vec<InputFile>,
+    options: ReadOptions,
+    config: RunConfig,
+    output: PathBuf,
+    work: mpsc::Sender<Work>,
+    events: mpsc::UnboundedSender<Event>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::task::spawn_blocking(move || {
+        let mut total_rows = 0u64;
+        for file in files {
+            let base_dir = file.path.parent().map(Path::to_path_buf).filter(|_| !file.label.contains("://"));
+            let reader = match read_rows(&file, &options) {
+                Ok(reader) => reader,
+                Err(error) => {
+                    tracing::error!(input = %file.label, %error, "failed to read input");
+                    let _ = events.send(Event::InputFailed { input: file.label.clone(), error: error.to_string() });
+                    continue;
+                }
+            };
+            for shard in shards(reader, &file, config.run.shard_size) {
+                let shard = match shard {
+                    Ok(shard) => shard,
+                    Err(error) => {
+                        tracing::error!(input = %file.label, %error, "failed to read input");
+                        let _ = events.send(Event::InputFailed { input: file.label.clone(), error: error.to_string() });
+                        break;
+                    }
+                };
+                total_rows += shard.rows.len() as u64;
+                if !config.run.overwrite && shard::output_path(&output, &shard.id).exists() {
+                    let _ = events.send(Event::Skipped { id: shard.id.clone(), input: file.label.clone(), rows: shard.rows.len() });
+                    continue;
+                }
+                if work.blocking_send(Work::Shard { shard, base_dir: base_dir.clone() }).is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = events.send(Event::InputsRead { rows: total_rows });
+    })
+}
+
+/// Starts every row of each shard: rows the reader already rejected go straight to the
+/// collector; the others are downloaded and prepared with bounded concurrency.
+async fn dispatch(
+    mut work: mpsc::Receiver<Work>,
+    preparer: Arc<Preparer>,
+    batches: flume::Sender<BatchItem>,
+    events: mpsc::UnboundedSender<Event>,
+    open_shards: usize,
+    concurrency: usize,
+) {
+    let open_shards = Arc::new(Semaphore::new(open_shards));
+    let downloads = Arc::new(Semaphore::new(concurrency));
+    let mut sequence = 0u64;
+
+    while let Some(Work::Shard { shard, base_dir }) = work.recv().await {
+        let permit = open_shards.clone().acquire_owned().await.expect("semaphore is never closed");
+        let open = OpenShard::new(sequence, &shard, permit);
+        let pending = open.pending_urls();
+        if events.send(Event::Opened(open)).is_err() {
+            return;
+        }
+
+        for (row, url) in pending {
+            let id = RowId { shard: sequence, row };
+            let permit = downloads.clone().acquire_owned().await.expect("semaphore is never closed");
+            let (preparer, batches, events, base_dir) = (preparer.clone(), batches.clone(), events.clone(), base_dir.clone());
+            tokio::spawn(async move {
+                match preparer.prepare(&url, base_dir).await {
+                    Ok(image) => {
+                        let item = BatchItem { row: id, pixels: image.pixels, info: image.info };
+                        let _ = batches.send_async(item).await;
+                    }
+                    Err(failure) => {
+                        let _ = events.send(Event::Failed { row: id, failure });
+                    }
+                }
+                drop(permit);
+            });
+        }
+        sequence += 1;
+    }
+}

@@ -1,0 +1,106 @@
+//! The model stage: one OS thread owns the captioner and pulls prepared images from a bounded
+//! channel, filling batches across shards.
+
+use std::time::{Duration, Instant};
+
+use capfilt_workers::Captioner;
+
+use super::prepare::ImageInfo;
+use super::{Event, RowId};
+
+/// An image waiting for the model.
+pub struct BatchItem {
+    pub row: RowId,
+    pub pixels: Vec<f32>,
+    pub info: ImageInfo,
+}
+
+/// A captioned row, or a batch failure that affects every row in it.
+pub struct CaptionedRow {
+    pub row: RowId,
+    pub info: ImageInfo,
+    pub result: Result<Vec<capfilt_workers::Caption>, String>,
+}
+
+/// Batch timings, for the run summary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ModelStats {
+    pub batches: u64,
+    pub images: u64,
+    pub busy: Duration,
+}
+
+/// Runs batches until the input channel closes and is drained.
+pub fn run_model_loop(
+    captioner: Captioner,
+    input: flume::Receiver<BatchItem>,
+    output: tokio::sync::mpsc::UnboundedSender<Event>,
+    batch_size: usize,
+    linger: Duration,
+) -> ModelStats {
+    let mut stats = ModelStats::default();
+    let size = captioner.image_size();
+    let mut pixels: Vec<f32> = Vec::with_capacity(batch_size * 3 * size * size);
+
+    while let Some(batch) = next_batch(&input, batch_size, linger) {
+        let started = Instant::now();
+        pixels.clear();
+        for item in &batch {
+            pixels.extend_from_slice(&item.pixels);
+        }
+
+        let result = captioner.caption_pixels(&pixels, batch.len()).map_err(|e| format!("{e:#}"));
+        let elapsed = started.elapsed();
+        stats.batches += 1;
+        stats.images += batch.len() as u64;
+        stats.busy += elapsed;
+        tracing::debug!(images = batch.len(), ms = elapsed.as_millis() as u64, "batch captioned");
+
+        if let Err(error) = &result {
+            tracing::error!(images = batch.len(), %error, "caption batch failed");
+        }
+        if send_results(batch, result, &output).is_err() {
+            break;
+        }
+    }
+    stats
+}
+
+fn send_results(
+    batch: Vec<BatchItem>,
+    result: Result<Vec<capfilt_workers::Caption>, String>,
+    output: &tokio::sync::mpsc::UnboundedSender<Event>,
+) -> Result<(), ()> {
+    match result {
+        Ok(captions) => {
+            for (item, caption) in batch.into_iter().zip(captions) {
+                let row = CaptionedRow { row: item.row, info: item.info, result: Ok(vec![caption]) };
+                output.send(Event::Captioned(row)).map_err(|_| ())?;
+            }
+        }
+        Err(error) => {
+            for item in batch {
+                let row = CaptionedRow { row: item.row, info: item.info, result: Err(error.clone()) };
+                output.send(Event::Captioned(row)).map_err(|_| ())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits for the first image, then gathers up to `batch_size`, waiting at most `linger` for
+/// stragglers. Returns `None` once the channel is closed and empty.
+fn next_batch(input: &flume::Receiver<BatchItem>, batch_size: usize, linger: Duration) -> Option<Vec<BatchItem>> {
+    let first = input.recv().ok()?;
+    let mut batch = Vec::with_capacity(batch_size);
+    batch.push(first);
+
+    let deadline = Instant::now() + linger;
+    while batch.len() < batch_size {
+        match input.recv_deadline(deadline) {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}

@@ -1,0 +1,118 @@
+//! Turning a row's URL into model input: download, then decode and preprocess on a CPU pool off
+//! the async runtime.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use capfilt_workers::image::{decode, DecodeLimits, PreprocessConfig, Preprocessor};
+use sha2::{Digest, Sha256};
+
+use crate::fetch::{locate, Fetcher};
+use crate::status::RowStatus;
+
+/// A row's image, ready for the model.
+pub struct PreparedImage {
+    pub pixels: Vec<f32>,
+    pub info: ImageInfo,
+}
+
+/// Facts about a downloaded image stored in the output row.
+#[derive(Debug, Clone, Default)]
+pub struct ImageInfo {
+    pub width: u32,
+    pub height: u32,
+    pub format: String,
+    pub sha256: String,
+}
+
+/// Why a row produced no model input.
+#[derive(Debug, Clone)]
+pub struct RowFailure {
+    pub status: RowStatus,
+    pub message: String,
+    /// Set when the bytes were downloaded before the failure.
+    pub info: Option<ImageInfo>,
+}
+
+/// Everything needed to prepare images, shared by all download tasks.
+pub struct Preparer {
+    pub fetcher: Fetcher,
+    pub limits: DecodeLimits,
+    pub preprocess: PreprocessConfig,
+    pub pool: Arc<rayon::ThreadPool>,
+}
+
+impl Preparer {
+    /// Downloads and prepares the image at `url` (relative paths resolve against `base_dir`).
+    pub async fn prepare(&self, url: &str, base_dir: Option<PathBuf>) -> Result<PreparedImage, RowFailure> {
+        let location = locate(url, base_dir.as_deref()).map_err(|e| RowFailure { status: e.status, message: e.message, info: None })?;
+        let bytes = self
+            .fetcher
+            .fetch(&location)
+            .await
+            .map_err(|e| RowFailure { status: e.status, message: e.message, info: None })?;
+
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let limits = self.limits;
+        let config = self.preprocess.clone();
+        self.pool.spawn(move || {
+            let _ = sender.send(decode_and_preprocess(&bytes, &limits, &config));
+        });
+        receiver.await.unwrap_or_else(|_| {
+            Err(RowFailure { status: RowStatus::DecodeError, message: "image decoder thread stopped".into(), info: None })
+        })
+    }
+}
+
+thread_local! {
+    /// One resizer per pool thread, so its buffers are reused across images.
+    static PREPROCESSOR: RefCell<Option<Preprocessor>> = const { RefCell::new(None) };
+}
+
+fn decode_and_preprocess(bytes: &[u8], limits: &DecodeLimits, config: &PreprocessConfig) -> Result<PreparedImage, RowFailure> {
+    let sha256 = hex(&Sha256::digest(bytes));
+    let failure = |status: RowStatus, message: String, info: Option<ImageInfo>| RowFailure { status, message, info };
+
+    let decoded = decode(bytes, limits).map_err(|e| {
+        let info = ImageInfo { sha256: sha256.clone(), ..Default::default() };
+        failure(status_from_decode(e.status()), e.to_string(), Some(info))
+    })?;
+    let info = ImageInfo {
+        width: decoded.width(),
+        height: decoded.height(),
+        format: decoded.format.as_str().to_string(),
+        sha256,
+    };
+
+    let mut pixels = vec![0f32; config.output_len()];
+    PREPROCESSOR
+        .with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.as_ref().is_none_or(|p| p.config() != config) {
+                *slot = Some(Preprocessor::new(config.clone())?);
+            }
+            slot.as_mut().expect("preprocessor was just set").run(&decoded.rgb, &mut pixels)
+        })
+        .map_err(|e| failure(RowStatus::DecodeError, format!("preprocessing failed: {e}"), Some(info.clone())))?;
+
+    Ok(PreparedImage { pixels, info })
+}
+
+fn status_from_decode(status: &str) -> RowStatus {
+    match status {
+        "not_an_image" => RowStatus::NotAnImage,
+        "unsupported_format" => RowStatus::UnsupportedFormat,
+        "too_large" => RowStatus::TooLarge,
+        "too_small" => RowStatus::TooSmall,
+        _ => RowStatus::DecodeError,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}

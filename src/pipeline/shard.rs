@@ -1,0 +1,287 @@
+//! The collector: assembles each shard's rows as results arrive, writes the shard file when its
+//! last row is done, and writes the run manifest.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use capfilt_coordinator::Shard;
+use capfilt_workers::CaptionSettings;
+use serde::Serialize;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+use super::{Event, RowId, RunSummary};
+use crate::model_source::ResolvedModel;
+use crate::progress::{Counts, Progress};
+use crate::sink::{write_shard, OutputRow};
+use crate::status::RowStatus;
+
+/// A shard whose rows are being processed.
+pub struct OpenShard {
+    sequence: u64,
+    id: String,
+    input: String,
+    first_row: u64,
+    rows: Vec<OutputRow>,
+    urls: Vec<Option<String>>,
+    remaining: usize,
+    counts: Counts,
+    started: Instant,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// A written shard, as listed in the manifest.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardRecord {
+    pub id: String,
+    pub input: String,
+    pub first_row: u64,
+    pub rows: usize,
+    pub file: String,
+    pub counts: Counts,
+    pub seconds: f64,
+}
+
+impl OpenShard {
+    /// Prepares output rows for every input row; rows the reader rejected are final already.
+    pub fn new(sequence: u64, shard: &Shard, permit: OwnedSemaphorePermit) -> Self {
+        let mut counts = Counts::default();
+        let mut remaining = 0;
+        let mut urls = Vec::with_capacity(shard.rows.len());
+        let rows = shard
+            .rows
+            .iter()
+            .map(|input| {
+                let mut row = OutputRow {
+                    key: input.key.clone(),
+                    url: input.url.clone(),
+                    caption: input.caption.clone(),
+                    kept: input.kept.clone(),
+                    ..Default::default()
+                };
+                match &input.problem {
+                    Some(problem) => {
+                        let status = problem_status(problem);
+                        row.status = Some(status);
+                        row.error = Some(problem.located(&shard.input_label, input.line, input.row_index));
+                        counts.add(status);
+                        urls.push(None);
+                    }
+                    None => {
+                        remaining += 1;
+                        urls.push(input.url.clone());
+                    }
+                }
+                row
+            })
+            .collect();
+
+        Self {
+            sequence,
+            id: shard.id.clone(),
+            input: shard.input_label.clone(),
+            first_row: shard.first_row,
+            rows,
+            urls,
+            remaining,
+            counts,
+            started: Instant::now(),
+            _permit: permit,
+        }
+    }
+
+    /// Rows still to download, with their URLs.
+    pub fn pending_urls(&self) -> Vec<(usize, String)> {
+        self.urls.iter().enumerate().filter_map(|(i, url)| url.clone().map(|u| (i, u))).collect()
+    }
+
+    fn finish_row(&mut self, row: usize, status: RowStatus) {
+        self.rows[row].status = Some(status);
+        self.counts.add(status);
+        self.remaining -= 1;
+    }
+}
+
+fn problem_status(problem: &capfilt_coordinator::RowProblem) -> RowStatus {
+    match problem {
+        capfilt_coordinator::RowProblem::MissingUrl => RowStatus::MissingUrl,
+        capfilt_coordinator::RowProblem::InvalidUrl(_) => RowStatus::InvalidUrl,
+        capfilt_coordinator::RowProblem::Malformed(_) => RowStatus::InvalidRow,
+    }
+}
+
+pub fn output_path(dir: &Path, shard_id: &str) -> PathBuf {
+    dir.join(format!("{shard_id}.parquet"))
+}
+
+/// Deletes temporary files an interrupted run left in the output folder.
+pub fn remove_stale_temp_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(".tmp") && name.contains(".parquet.") {
+            tracing::warn!(file = %name, "removing a partial shard file left by an interrupted run");
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Key-value metadata stored in every shard file: tool version, model and decoding settings.
+pub fn file_metadata(model: &ResolvedModel, caption: &CaptionSettings) -> HashMap<String, String> {
+    let mut metadata = HashMap::new();
+    metadata.insert("capfilt.version".into(), env!("CARGO_PKG_VERSION").into());
+    metadata.insert("capfilt.captioner.model".into(), model.id.clone());
+    metadata.insert("capfilt.captioner.source".into(), model.source.into());
+    if let Some(revision) = &model.revision {
+        metadata.insert("capfilt.captioner.revision".into(), revision.clone());
+    }
+    if let Some(commit) = &model.commit {
+        metadata.insert("capfilt.captioner.commit".into(), commit.clone());
+    }
+    metadata.insert("capfilt.caption.settings".into(), serde_json::to_string(caption).unwrap_or_default());
+    metadata.insert(
+        "capfilt.image.background".into(),
+        "alpha composited on white (255, 255, 255)".into(),
+    );
+    metadata
+}
+
+/// What the collector gathered over the run.
+pub struct Collected {
+    pub counts: Counts,
+    pub shards: Vec<ShardRecord>,
+    pub skipped: Vec<String>,
+    pub failed_inputs: Vec<(String, String)>,
+}
+
+/// Receives row results until every sender is gone, writing each shard as it completes.
+pub async fn collect(
+    mut events: mpsc::UnboundedReceiver<Event>,
+    output: &Path,
+    kept_columns: &[String],
+    metadata: &HashMap<String, String>,
+) -> anyhow::Result<Collected> {
+    let mut open: HashMap<u64, OpenShard> = HashMap::new();
+    let mut progress = Progress::new();
+    let mut collected = Collected { counts: Counts::default(), shards: Vec::new(), skipped: Vec::new(), failed_inputs: Vec::new() };
+
+    while let Some(event) = events.recv().await {
+        let finished_shard = match event {
+            Event::Opened(shard) => {
+                for row in shard.rows.iter().filter(|r| r.status.is_some()) {
+                    progress.record(row.status.expect("filtered on status"));
+                }
+                let sequence = shard.sequence;
+                open.insert(sequence, shard);
+                Some(sequence)
+            }
+            Event::Failed { row, failure } => {
+                let shard = open_shard(&mut open, row)?;
+                let output_row = &mut shard.rows[row.row];
+                output_row.error = Some(failure.message);
+                if let Some(info) = failure.info {
+                    apply_info(output_row, &info);
+                }
+                shard.finish_row(row.row, failure.status);
+                progress.record(failure.status);
+                Some(row.shard)
+            }
+            Event::Captioned(captioned) => {
+                let row = captioned.row;
+                let captions = captioned.result.map_err(|e| anyhow::anyhow!("captioning failed: {e}"))?;
+                let shard = open_shard(&mut open, row)?;
+                let output_row = &mut shard.rows[row.row];
+                apply_info(output_row, &captioned.info);
+                output_row.caption_stops = Some(captions.iter().map(|c| c.stop.as_str().to_string()).collect());
+                output_row.captions = Some(captions.into_iter().map(|c| c.text).collect());
+                shard.finish_row(row.row, RowStatus::Ok);
+                progress.record(RowStatus::Ok);
+                Some(row.shard)
+            }
+            Event::Skipped { id, input, rows } => {
+                tracing::info!(shard = %id, %input, rows, "shard already written, skipping");
+                collected.skipped.push(id);
+                None
+            }
+            Event::InputsRead { rows } => {
+                progress.set_total(rows);
+                None
+            }
+            Event::InputFailed { input, error } => {
+                collected.failed_inputs.push((input, error));
+                None
+            }
+        };
+
+        if let Some(sequence) = finished_shard {
+            if open.get(&sequence).is_some_and(|s| s.remaining == 0) {
+                let shard = open.remove(&sequence).expect("checked above");
+                let record = write_finished(shard, output, kept_columns, metadata).await?;
+                collected.counts.merge(&record.counts);
+                collected.shards.push(record);
+            }
+        }
+    }
+
+    progress.finish();
+    if !open.is_empty() {
+        anyhow::bail!("{} shard(s) were left incomplete because a pipeline stage stopped early", open.len());
+    }
+    Ok(collected)
+}
+
+fn open_shard(open: &mut HashMap<u64, OpenShard>, row: RowId) -> anyhow::Result<&mut OpenShard> {
+    open.get_mut(&row.shard).with_context(|| format!("result for unknown shard {}", row.shard))
+}
+
+fn apply_info(row: &mut OutputRow, info: &super::ImageInfo) {
+    if info.width > 0 {
+        row.width = Some(info.width);
+        row.height = Some(info.height);
+    }
+    if !info.format.is_empty() {
+        row.image_format = Some(info.format.clone());
+    }
+    if !info.sha256.is_empty() {
+        row.sha256 = Some(info.sha256.clone());
+    }
+}
+
+async fn write_finished(
+    shard: OpenShard,
+    output: &Path,
+    kept_columns: &[String],
+    metadata: &HashMap<String, String>,
+) -> anyhow::Result<ShardRecord> {
+    let (dir, kept, metadata) = (output.to_path_buf(), kept_columns.to_vec(), metadata.clone());
+    let id = shard.id.clone();
+    let rows = shard.rows;
+    let row_count = rows.len();
+    let path = tokio::task::spawn_blocking(move || write_shard(&dir, &id, &kept, &rows, &metadata))
+        .await
+        .context("shard writer stopped unexpectedly")??;
+
+    let seconds = shard.started.elapsed().as_secs_f64();
+    tracing::info!(shard = %shard.id, rows = row_count, ok = shard.counts.ok, failed = shard.counts.failed, seconds, "shard written");
+    Ok(ShardRecord {
+        id: shard.id,
+        input: shard.input,
+        first_row: shard.first_row,
+        rows: row_count,
+        file: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        counts: shard.counts,
+        seconds,
+    })
+}
+
+/// Writes `manifest.json` atomically.
+pub fn write_manifest(output: &Path, summary: &RunSummary) -> anyhow::Result<()> {
+    let path = output.join("manifest.json");
+    let temp = output.join(format!(".manifest.json.{}.tmp", std::process::id()));
+    let json = serde_json::to_vec_pretty(summary)?;
+    std::fs::write(&temp, json).with_context(|| format!("failed to write {}", temp.display()))?;
+    std::fs::rename(&temp, &path).with_context(|| format!("failed to write {}", path.display()))?;
+    Ok(())
+}

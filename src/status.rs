@@ -1,0 +1,79 @@
+//! Per-row outcomes. Every input row yields exactly one output row carrying one of these.
+
+use std::fmt;
+
+/// The stable, machine-readable status of an output row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RowStatus {
+    Ok,
+    /// The row has no URL (missing, null, empty or whitespace).
+    MissingUrl,
+    /// The URL has an unsupported scheme or cannot be parsed.
+    InvalidUrl,
+    /// The input line itself could not be parsed.
+    InvalidRow,
+    /// The server answered with a non-success HTTP status.
+    HttpError,
+    /// A connect, read or total deadline passed.
+    Timeout,
+    /// Connection, TLS, DNS or redirect failure.
+    NetworkError,
+    /// The body (or `Content-Length`) exceeds the byte cap, or the declared pixels exceed the pixel cap.
+    TooLarge,
+    /// The image is smaller than `min_size` on a side.
+    TooSmall,
+    /// The bytes are no image format at all (HTML, empty body, ...).
+    NotAnImage,
+    /// An image format capfilt does not decode (SVG, AVIF, HEIC, ...).
+    UnsupportedFormat,
+    /// The image format was recognised but its data is corrupt.
+    DecodeError,
+    /// A local file could not be read.
+    FileError,
+    /// The image scheme is valid but not supported in this mode (`s3://` image URLs).
+    UnsupportedUrl,
+}
+
+impl RowStatus {
+    pub const ALL: [RowStatus; 14] = [
+        RowStatus::Ok,
+        RowStatus::MissingUrl,
+        RowStatus::InvalidUrl,
+        RowStatus::InvalidRow,
+        RowStatus::HttpError,
+        RowStatus::Timeout,
+        RowStatus::NetworkError,
+        RowStatus::TooLarge,
+        RowStatus::TooSmall,
+        RowStatus::NotAnImage,
+        RowStatus::UnsupportedFormat,
+        RowStatus::DecodeError,
+        RowStatus::FileError,
+        RowStatus::UnsupportedUrl,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RowStatus::Ok => "ok",
+            RowStatus::MissingUrl => "missing_url",
+            RowStatus::InvalidUrl => "invalid_url",
+            RowStatus::InvalidRow => "invalid_row",
+            RowStatus::HttpError => "http_error",
+            RowStatus::Timeout => "timeout",
+            RowStatus::NetworkError => "network_error",
+            RowStatus::TooLarge => "too_large",
+            RowStatus::TooSmall => "too_small",
+            RowStatus::NotAnImage => "not_an_image",
+            RowStatus::UnsupportedFormat => "unsupported_format",
+            RowStatus::DecodeError => "decode_error",
+            RowStatus::FileError => "file_error",
+            RowStatus::UnsupportedUrl => "unsupported_url",
+        }
+    }
+}
+
+impl fmt::Display for RowStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

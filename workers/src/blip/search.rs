@@ -1,0 +1,348 @@
+//! Caption decoding strategies over any [`StepDecoder`]: greedy and beam search with the
+//! semantics of transformers' `generate()` (version 5.25), so token sequences match the
+//! reference on the same weights.
+//!
+//! Scores are handled on the host: each step copies the last position's logits of the active
+//! rows, which for BLIP's 30524-token vocabulary is small next to a decoder step.
+
+use candle_core::Result;
+
+/// Runs the text decoder one step at a time for a set of rows laid out image-major.
+pub trait StepDecoder {
+    /// Feeds `new_tokens` tokens per row (row-major, `rows * new_tokens` ids) where `group` rows
+    /// share each image, and returns the last position's logits, `rows * vocab` values.
+    fn step(&mut self, tokens: &[u32], new_tokens: usize, group: usize) -> Result<Vec<f32>>;
+
+    /// Keeps the cached rows at `rows` (indices into the current rows, repeats allowed) and the
+    /// images at `images` (indices into the current images, in order).
+    fn select(&mut self, images: &[u32], rows: &[u32]) -> Result<()>;
+
+    fn vocab_size(&self) -> usize;
+}
+
+/// Why a caption ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model emitted the end token (`[SEP]`).
+    EndToken,
+    /// The sequence reached `max_length`.
+    MaxLength,
+}
+
+impl StopReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::EndToken => "end_token",
+            StopReason::MaxLength => "max_length",
+        }
+    }
+}
+
+/// One decoded token sequence, prompt included, end token included when emitted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sequence {
+    pub tokens: Vec<u32>,
+    pub stop: StopReason,
+    /// Length-normalised sum of log-probabilities (beam search only).
+    pub score: Option<f32>,
+}
+
+/// Settings shared by the strategies. Lengths count every token, the prompt included, as
+/// transformers' `max_length`/`min_length` do.
+#[derive(Debug, Clone)]
+pub struct SearchLimits {
+    pub max_length: usize,
+    pub min_length: usize,
+    pub repetition_penalty: f32,
+    pub end_token: u32,
+}
+
+/// Beam search settings beyond [`SearchLimits`].
+#[derive(Debug, Clone)]
+pub struct BeamSettings {
+    pub num_beams: usize,
+    pub length_penalty: f32,
+    /// transformers' `early_stopping=True`: stop an image once it has `num_beams` finished
+    /// hypotheses. `false` applies transformers' default heuristic.
+    pub early_stopping: bool,
+}
+
+/// Applies the logits processors transformers runs here, in its order: repetition penalty,
+/// then the minimum length (the end token is forbidden while the sequence is too short).
+fn process_scores(scores: &mut [f32], sequence: &[u32], limits: &SearchLimits) {
+    if limits.repetition_penalty != 1.0 {
+        // Each distinct token is penalised once, however often it occurs.
+        let mut tokens = sequence.to_vec();
+        tokens.sort_unstable();
+        tokens.dedup();
+        for token in tokens {
+            let score = &mut scores[token as usize];
+            *score = if *score < 0.0 { *score * limits.repetition_penalty } else { *score / limits.repetition_penalty };
+        }
+    }
+
+    if sequence.len() < limits.min_length {
+        scores[limits.end_token as usize] = f32::NEG_INFINITY;
+    }
+}
+
+fn log_softmax_in_place(scores: &mut [f32]) {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = scores.iter().map(|&s| (s - max).exp()).sum();
+    let log_sum = sum.ln() + max;
+    for score in scores.iter_mut() {
+        *score -= log_sum;
+    }
+}
+
+/// Index of the largest value; the first one wins ties, as `torch.argmax` does.
+fn argmax(scores: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &score) in scores.iter().enumerate() {
+        if score > scores[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Greedy decoding of `prompts.len()` images that all start from `prompt`. A finished image's row
+/// is dropped from the decoder so it costs nothing further.
+pub fn greedy(decoder: &mut impl StepDecoder, prompt: &[u32], images: usize, limits: &SearchLimits) -> Result<Vec<Sequence>> {
+    let vocab = decoder.vocab_size();
+    let mut sequences: Vec<Vec<u32>> = vec![prompt.to_vec(); images];
+    let mut finished: Vec<Option<StopReason>> = vec![None; images];
+    let mut active: Vec<usize> = (0..images).collect();
+    let mut feed: Vec<u32> = sequences.iter().flatten().copied().collect();
+    let mut new_tokens = prompt.len();
+
+    while !active.is_empty() && sequences[active[0]].len() < limits.max_length {
+        let mut logits = decoder.step(&feed, new_tokens, 1)?;
+
+        let mut still_active = Vec::with_capacity(active.len());
+        for (row, &image) in active.iter().enumerate() {
+            let scores = &mut logits[row * vocab..(row + 1) * vocab];
+            process_scores(scores, &sequences[image], limits);
+            let token = argmax(scores) as u32;
+            sequences[image].push(token);
+
+            if token == limits.end_token {
+                finished[image] = Some(StopReason::EndToken);
+            } else if sequences[image].len() >= limits.max_length {
+                finished[image] = Some(StopReason::MaxLength);
+            } else {
+                still_active.push(row as u32);
+            }
+        }
+
+        if still_active.len() != active.len() {
+            decoder.select(&still_active, &still_active)?;
+        }
+        active = still_active.iter().map(|&row| active[row as usize]).collect();
+        feed = active.iter().map(|&image| *sequences[image].last().expect("sequences start with a prompt")).collect();
+        new_tokens = 1;
+    }
+
+    Ok(sequences
+        .into_iter()
+        .zip(finished)
+        .map(|(tokens, stop)| Sequence { tokens, stop: stop.unwrap_or(StopReason::MaxLength), score: None })
+        .collect())
+}
+
+#[derive(Clone)]
+struct Hypothesis {
+    tokens: Vec<u32>,
+    score: f32,
+    finished: bool,
+    /// The running beam this one extended at the last step.
+    parent: usize,
+}
+
+/// Per-image beam state, mirroring transformers' running and finished beam tensors.
+struct BeamImage {
+    running: Vec<Hypothesis>,
+    finished: Vec<Hypothesis>,
+    improvement_possible: bool,
+}
+
+/// A top-k candidate: accumulated log-probability, the beam it extends and the new token.
+#[derive(Clone, Copy)]
+struct Candidate {
+    score: f32,
+    beam: usize,
+    token: u32,
+}
+
+/// The `k` best of `scores` (laid out `[beams, vocab]`), best first.
+fn top_candidates(scores: &[f32], vocab: usize, k: usize) -> Vec<Candidate> {
+    let mut best: Vec<Candidate> = Vec::with_capacity(k + 1);
+    for (index, &score) in scores.iter().enumerate() {
+        if best.len() == k && score <= best[k - 1].score {
+            continue;
+        }
+        let position = best.partition_point(|c| c.score >= score);
+        best.insert(position, Candidate { score, beam: index / vocab, token: (index % vocab) as u32 });
+        best.truncate(k);
+    }
+    best
+}
+
+/// Keeps the `k` highest-scoring hypotheses, best first (a stable sort, so earlier entries win ties).
+fn keep_best(mut hypotheses: Vec<Hypothesis>, k: usize) -> Vec<Hypothesis> {
+    hypotheses.sort_by(|a, b| b.score.partial_cmp(&a.score).unwrap_or(std::cmp::Ordering::Equal));
+    hypotheses.truncate(k);
+    hypotheses
+}
+
+const NEG_LARGE: f32 = -1.0e9;
+
+impl BeamImage {
+    fn new(prompt: &[u32], num_beams: usize) -> Self {
+        let placeholder = Hypothesis { tokens: prompt.to_vec(), score: NEG_LARGE, finished: false, parent: 0 };
+        Self {
+            running: vec![Hypothesis { score: 0.0, ..placeholder.clone() }],
+            finished: vec![placeholder; num_beams],
+            improvement_possible: true,
+        }
+    }
+
+    /// Advances this image by one token given each running beam's processed log-probabilities.
+    fn advance(&mut self, log_probs: &[f32], vocab: usize, prompt_len: usize, limits: &SearchLimits, beam: &BeamSettings) {
+        let num_beams = beam.num_beams;
+        let cur_len = self.running[0].tokens.len();
+
+        let mut accumulated = log_probs.to_vec();
+        for (b, hypothesis) in self.running.iter().enumerate() {
+            for score in &mut accumulated[b * vocab..(b + 1) * vocab] {
+                *score += hypothesis.score;
+            }
+        }
+        let candidates = top_candidates(&accumulated, vocab, 2 * num_beams);
+        let hits_stop = |c: &Candidate| c.token == limits.end_token || cur_len + 1 >= limits.max_length;
+
+        self.update_finished(&candidates, &hits_stop, cur_len + 1 - prompt_len, beam);
+        self.update_running(&candidates, &hits_stop, num_beams);
+        self.check_improvement(cur_len + 1 - prompt_len, beam);
+    }
+
+    fn extend(&self, candidate: &Candidate) -> Vec<u32> {
+        let mut tokens = self.running[candidate.beam].tokens.clone();
+        tokens.push(candidate.token);
+        tokens
+    }
+
+    fn update_finished(&mut self, candidates: &[Candidate], hits_stop: &dyn Fn(&Candidate) -> bool, generated: usize, beam: &BeamSettings) {
+        let all_full = self.finished.iter().all(|h| h.finished);
+        let mut merged = self.finished.clone();
+        for (position, candidate) in candidates.iter().enumerate() {
+            let just_finished = hits_stop(candidate) && position < beam.num_beams;
+            let mut score = candidate.score / (generated as f32).powf(beam.length_penalty);
+            if all_full && beam.early_stopping {
+                score += NEG_LARGE;
+            }
+            if !self.improvement_possible {
+                score += NEG_LARGE;
+            }
+            if !just_finished {
+                score += NEG_LARGE;
+            }
+            merged.push(Hypothesis { tokens: self.extend(candidate), score, finished: just_finished, parent: candidate.beam });
+        }
+        self.finished = keep_best(merged, beam.num_beams);
+    }
+
+    fn update_running(&mut self, candidates: &[Candidate], hits_stop: &dyn Fn(&Candidate) -> bool, num_beams: usize) {
+        let next: Vec<Hypothesis> = candidates
+            .iter()
+            .map(|c| Hypothesis {
+                tokens: self.extend(c),
+                score: if hits_stop(c) { c.score + NEG_LARGE } else { c.score },
+                finished: false,
+                parent: c.beam,
+            })
+            .collect();
+        self.running = keep_best(next, num_beams);
+    }
+
+    /// transformers' `_check_early_stop_heuristic`: stop once the best running beam, scored at
+    /// its current length, cannot beat the worst finished one.
+    fn check_improvement(&mut self, generated: usize, beam: &BeamSettings) {
+        let best_possible = self.running[0].score / (generated as f32).powf(beam.length_penalty);
+        let worst_finished = self.finished.iter().map(|h| h.score).fold(f32::INFINITY, f32::min);
+        let any_better = self.finished.iter().any(|h| best_possible > if h.finished { worst_finished } else { NEG_LARGE });
+        self.improvement_possible &= any_better;
+    }
+
+    fn is_done(&self, early_stopping: bool) -> bool {
+        !self.improvement_possible || (early_stopping && self.finished.iter().all(|h| h.finished))
+    }
+
+    fn best(&self, end_token: u32) -> Sequence {
+        let best = &self.finished[0];
+        let stop = if best.tokens.last() == Some(&end_token) { StopReason::EndToken } else { StopReason::MaxLength };
+        Sequence { tokens: best.tokens.clone(), stop, score: Some(best.score) }
+    }
+}
+
+/// Beam search over `images` images that all start from `prompt`, returning the best finished
+/// hypothesis per image. An image whose search can no longer improve is dropped from the
+/// decoder; transformers keeps computing it but discards the results, so tokens are the same.
+pub fn beam_search(
+    decoder: &mut impl StepDecoder,
+    prompt: &[u32],
+    images: usize,
+    limits: &SearchLimits,
+    beam: &BeamSettings,
+) -> Result<Vec<Sequence>> {
+    let vocab = decoder.vocab_size();
+    let mut states: Vec<BeamImage> = (0..images).map(|_| BeamImage::new(prompt, beam.num_beams)).collect();
+    let mut active: Vec<usize> = (0..images).collect();
+    let mut feed: Vec<u32> = (0..images).flat_map(|_| prompt.iter().copied()).collect();
+    let mut new_tokens = prompt.len();
+    let mut group = 1;
+    let mut all_hit_stop = false;
+
+    while !active.is_empty() && !all_hit_stop {
+        let logits = decoder.step(&feed, new_tokens, group)?;
+
+        all_hit_stop = true;
+        for (slot, &image) in active.iter().enumerate() {
+            let state = &mut states[image];
+            let mut log_probs = logits[slot * group * vocab..(slot + 1) * group * vocab].to_vec();
+            for (b, hypothesis) in state.running.iter().enumerate() {
+                let row = &mut log_probs[b * vocab..(b + 1) * vocab];
+                log_softmax_in_place(row);
+                process_scores(row, &hypothesis.tokens, limits);
+            }
+            state.advance(&log_probs, vocab, prompt.len(), limits, beam);
+            all_hit_stop &= state.running.iter().all(|h| h.score <= NEG_LARGE / 2.0);
+        }
+
+        let (kept_images, rows) = next_rows(&states, &active, group, beam);
+        decoder.select(&kept_images, &rows)?;
+        active = kept_images.iter().map(|&slot| active[slot as usize]).collect();
+        feed = active.iter().flat_map(|&image| states[image].running.iter().map(|h| *h.tokens.last().expect("non-empty"))).collect();
+        new_tokens = 1;
+        group = beam.num_beams;
+    }
+
+    Ok(states.iter().map(|state| state.best(limits.end_token)).collect())
+}
+
+/// Images still searching, and for each of their new running beams the decoder row it extends.
+fn next_rows(states: &[BeamImage], active: &[usize], group: usize, beam: &BeamSettings) -> (Vec<u32>, Vec<u32>) {
+    let mut kept_images = Vec::new();
+    let mut rows = Vec::new();
+    for (slot, &image) in active.iter().enumerate() {
+        let state = &states[image];
+        if state.is_done(beam.early_stopping) {
+            continue;
+        }
+        kept_images.push(slot as u32);
+        for hypothesis in &state.running {
+            rows.push((slot * group + hypothesis.parent) as u32);
+        }
+    }
+    (kept_images, rows)
+}

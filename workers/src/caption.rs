@@ -1,0 +1,218 @@
+//! Captioning a batch of preprocessed images: tokenizer, prompt handling and the decoding
+//! strategy around [`CaptionModel`].
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+
+use crate::blip::model::{read_config, var_builder};
+use crate::blip::search::{beam_search, greedy, BeamSettings, SearchLimits, Sequence, StopReason};
+use crate::blip::{CaptionModel, CheckpointFiles};
+use crate::error::ModelError;
+
+/// How captions are decoded. The defaults are BLIP's captioning evaluation: beam search with 3
+/// beams, 20 tokens at most and 5 at least (prompt included), prompt `"a picture of "`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptionSettings {
+    /// `greedy` or `beam`.
+    pub decoding: Decoding,
+    pub num_beams: usize,
+    /// Token limits, counted with the prompt as transformers' `max_length`/`min_length` are.
+    pub max_length: usize,
+    pub min_length: usize,
+    pub repetition_penalty: f32,
+    pub length_penalty: f32,
+    pub early_stopping: bool,
+    /// Text the decoder continues from, removed from the stored caption. Empty for none.
+    pub prompt: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Decoding {
+    Greedy,
+    Beam,
+}
+
+impl Default for CaptionSettings {
+    fn default() -> Self {
+        Self {
+            decoding: Decoding::Beam,
+            num_beams: 3,
+            max_length: 20,
+            min_length: 5,
+            repetition_penalty: 1.0,
+            length_penalty: 1.0,
+            early_stopping: false,
+            prompt: "a picture of ".to_string(),
+        }
+    }
+}
+
+impl CaptionSettings {
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if self.decoding == Decoding::Beam && self.num_beams == 0 {
+            return Err(ModelError::Settings("num_beams must be at least 1".into()));
+        }
+        if self.max_length == 0 {
+            return Err(ModelError::Settings("max_length must be at least 1".into()));
+        }
+        if self.min_length > self.max_length {
+            return Err(ModelError::Settings(format!(
+                "min_length {} exceeds max_length {}",
+                self.min_length, self.max_length
+            )));
+        }
+        if !(self.repetition_penalty > 0.0) {
+            return Err(ModelError::Settings("repetition_penalty must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A generated caption.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Caption {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub stop: StopReason,
+    pub score: Option<f32>,
+}
+
+/// A loaded captioning model with its tokenizer and decoding settings.
+pub struct Captioner {
+    model: CaptionModel,
+    tokenizer: Tokenizer,
+    settings: CaptionSettings,
+    prompt_ids: Vec<u32>,
+    device: Device,
+    dtype: DType,
+}
+
+impl Captioner {
+    /// Loads a checkpoint. The prompt is tokenised as BLIP does: `[CLS]` becomes the decoder's
+    /// start token `[DEC]` and the trailing `[SEP]` is dropped.
+    pub fn load(files: &CheckpointFiles, settings: CaptionSettings, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+        settings.validate()?;
+        let config = read_config(&files.config)?;
+        let vb = var_builder(&files.weights, dtype, device)?;
+        let model = CaptionModel::load(config, vb).map_err(|source| ModelError::Load { path: files.weights[0].clone(), source })?;
+        let tokenizer = Tokenizer::from_file(&files.tokenizer)
+            .map_err(|e| ModelError::Tokenizer { path: files.tokenizer.clone(), message: e.to_string() })?;
+        let prompt_ids = prompt_tokens(&tokenizer, &settings.prompt, model.config.text_config.bos_token_id)
+            .map_err(|message| ModelError::Tokenizer { path: files.tokenizer.clone(), message })?;
+        Ok(Self { model, tokenizer, settings, prompt_ids, device: device.clone(), dtype })
+    }
+
+    /// Side length of the square input images the vision encoder expects.
+    pub fn image_size(&self) -> usize {
+        self.model.config.vision_config.image_size
+    }
+
+    pub fn settings(&self) -> &CaptionSettings {
+        &self.settings
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn prompt_ids(&self) -> &[u32] {
+        &self.prompt_ids
+    }
+
+    /// Captions `images` preprocessed images given as `[images, 3, size, size]` f32 values.
+    pub fn caption_pixels(&self, pixels: &[f32], images: usize) -> Result<Vec<Caption>, ModelError> {
+        let size = self.image_size();
+        let pixel_values = Tensor::from_slice(pixels, (images, 3, size, size), &self.device)?.to_dtype(self.dtype)?;
+        self.caption(&pixel_values)
+    }
+
+    /// Captions a batch of pixel values `[images, 3, size, size]`.
+    pub fn caption(&self, pixel_values: &Tensor) -> Result<Vec<Caption>, ModelError> {
+        let images = pixel_values.dim(0)?;
+        let sequences = self.generate(pixel_values)?;
+        debug_assert_eq!(sequences.len(), images);
+        sequences.into_iter().map(|sequence| self.to_caption(sequence)).collect()
+    }
+
+    /// Token sequences (prompt included) for a batch, as transformers' `generate()` returns them.
+    pub fn generate(&self, pixel_values: &Tensor) -> Result<Vec<Sequence>, ModelError> {
+        let images = pixel_values.dim(0)?;
+        let image_embeds = self.model.encode_images(pixel_values)?;
+        let mut decoder = self.model.decoder(&image_embeds)?;
+        let limits = SearchLimits {
+            max_length: self.settings.max_length,
+            min_length: self.settings.min_length,
+            repetition_penalty: self.settings.repetition_penalty,
+            end_token: self.model.config.text_config.sep_token_id,
+        };
+
+        let sequences = match self.settings.decoding {
+            Decoding::Greedy => greedy(&mut decoder, &self.prompt_ids, images, &limits)?,
+            Decoding::Beam => {
+                let beam = BeamSettings {
+                    num_beams: self.settings.num_beams,
+                    length_penalty: self.settings.length_penalty,
+                    early_stopping: self.settings.early_stopping,
+                };
+                beam_search(&mut decoder, &self.prompt_ids, images, &limits, &beam)?
+            }
+        };
+        Ok(sequences)
+    }
+
+    /// Vision encoder output `[images, tokens, width]`, exposed for reference comparisons.
+    pub fn encode_images(&self, pixel_values: &Tensor) -> Result<Tensor, ModelError> {
+        Ok(self.model.encode_images(pixel_values)?)
+    }
+
+    /// Logits `[images, vocab]` for the first generated position after the prompt.
+    pub fn first_step_logits(&self, pixel_values: &Tensor) -> Result<Tensor, ModelError> {
+        let images = pixel_values.dim(0)?;
+        let image_embeds = self.model.encode_images(pixel_values)?;
+        let mut decoder = self.model.decoder(&image_embeds)?;
+        let prompt: Vec<u32> = (0..images).flat_map(|_| self.prompt_ids.iter().copied()).collect();
+        let input_ids = Tensor::from_vec(prompt, (images, self.prompt_ids.len()), &self.device)?;
+        Ok(decoder.logits(&input_ids, 1)?)
+    }
+
+    fn to_caption(&self, sequence: Sequence) -> Result<Caption, ModelError> {
+        let text = self.decode_text(&sequence.tokens)?;
+        Ok(Caption { text, tokens: sequence.tokens, stop: sequence.stop, score: sequence.score })
+    }
+
+    /// Decodes tokens and removes the prompt, as BLIP does: the decoded text starts with the
+    /// prompt's own decoding, which is cut off.
+    fn decode_text(&self, tokens: &[u32]) -> Result<String, ModelError> {
+        let decode = |ids: &[u32]| {
+            self.tokenizer
+                .decode(ids, true)
+                .map_err(|e| ModelError::Tokenizer { path: "tokenizer.json".into(), message: e.to_string() })
+        };
+        let full = decode(tokens)?;
+        let prompt = decode(&self.prompt_ids)?;
+
+        let text = match full.strip_prefix(prompt.as_str()) {
+            Some(rest) => rest.trim().to_string(),
+            None => decode(&tokens[self.prompt_ids.len().min(tokens.len())..])?.trim().to_string(),
+        };
+        Ok(text)
+    }
+}
+
+/// Token ids of a caption prompt: the decoder start token, then the prompt's word pieces.
+pub fn prompt_tokens(tokenizer: &Tokenizer, prompt: &str, bos_token_id: u32) -> Result<Vec<u32>, String> {
+    if prompt.trim().is_empty() {
+        return Ok(vec![bos_token_id]);
+    }
+    let encoding = tokenizer.encode(prompt, true).map_err(|e| e.to_string())?;
+    let mut ids = encoding.get_ids().to_vec();
+    if ids.len() < 2 {
+        return Err(format!("prompt {prompt:?} tokenised to {ids:?}, expected [CLS] ... [SEP]"));
+    }
+    ids[0] = bos_token_id;
+    ids.pop();
+    Ok(ids)
+}
