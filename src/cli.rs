@@ -108,9 +108,24 @@ pub struct Settings {
     #[arg(long, env = "CAPFILT_DECODE_THREADS")]
     pub decode_threads: Option<usize>,
 
-    /// Caption decoding: greedy or beam.
-    #[arg(long, value_parser = ["greedy", "beam"], env = "CAPFILT_DECODING")]
+    /// Caption decoding: greedy, beam or sample (nucleus sampling).
+    #[arg(long, value_parser = ["greedy", "beam", "sample"], env = "CAPFILT_DECODING")]
     pub decoding: Option<String>,
+    /// Captions per image when sampling.
+    #[arg(long, env = "CAPFILT_NUM_CAPTIONS")]
+    pub num_captions: Option<usize>,
+    /// Nucleus sampling mass (0 < p <= 1).
+    #[arg(long, env = "CAPFILT_TOP_P")]
+    pub top_p: Option<f32>,
+    /// Sample only from the k most likely tokens (0: no limit).
+    #[arg(long, env = "CAPFILT_TOP_K")]
+    pub top_k: Option<usize>,
+    /// Sampling temperature.
+    #[arg(long, env = "CAPFILT_TEMPERATURE")]
+    pub temperature: Option<f32>,
+    /// Sampling seed; the same seed and input give the same captions.
+    #[arg(long, env = "CAPFILT_SEED")]
+    pub seed: Option<u64>,
     /// Beams for beam search.
     #[arg(long, env = "CAPFILT_NUM_BEAMS")]
     pub num_beams: Option<usize>,
@@ -189,6 +204,11 @@ impl Settings {
             config.caption.decoding = serde_json::from_value(serde_json::Value::String(decoding.clone()))?;
         }
         set(&mut config.caption.num_beams, self.num_beams);
+        set(&mut config.caption.num_captions, self.num_captions);
+        set(&mut config.caption.top_p, self.top_p);
+        set(&mut config.caption.top_k, self.top_k);
+        set(&mut config.caption.temperature, self.temperature);
+        set(&mut config.caption.seed, self.seed);
         set(&mut config.caption.max_length, self.max_length);
         set(&mut config.caption.min_length, self.min_length);
         set(&mut config.caption.repetition_penalty, self.repetition_penalty);

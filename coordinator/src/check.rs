@@ -92,8 +92,8 @@ mod tests {
     use super::*;
 
     /// `Ok(())` for accepted URLs, else the expected problem.
-    fn invalid(why: &str) -> Result<(), RowProblem> {
-        Err(RowProblem::InvalidUrl(why.to_string()))
+    fn invalid(reason: &str) -> Result<(), RowProblem> {
+        Err(RowProblem::InvalidUrl(reason.to_string()))
     }
 
     #[test]
@@ -142,11 +142,11 @@ mod tests {
     #[test]
     fn long_schemes_are_cut_in_messages() {
         let scheme = "x".repeat(100);
-        let Err(RowProblem::InvalidUrl(why)) = check_url(&format!("{scheme}:rest")) else {
+        let Err(RowProblem::InvalidUrl(reason)) = check_url(&format!("{scheme}:rest")) else {
             panic!("a 100-letter scheme was accepted");
         };
 
-        assert!(why.len() < 60, "{why}");
-        assert!(why.contains("xxxx..."), "{why}");
+        assert!(reason.len() < 60, "{reason}");
+        assert!(reason.contains("xxxx..."), "{reason}");
     }
 }

@@ -100,7 +100,7 @@ pub enum InputError {
     NoColumnsInText {
         /// The input's label.
         label: String,
-        /// Which option named it.
+        /// The option that named it.
         role: &'static str,
         /// The name the user gave.
         name: String,
@@ -180,8 +180,8 @@ pub enum RowProblem {
 impl RowProblem {
     /// Returns the message with file and line in front, for logs and reports.
     ///
-    /// `Malformed` already carries its place, since the parser that found
-    /// it knew the exact line and column; the URL problems come from
+    /// `Malformed` already carries its place, because the parser that found
+    /// it knew the exact line and column. The URL problems come from
     /// [`crate::check_url`], which gets only the string.
     pub fn located(&self, label: &str, line: Option<u64>, row_index: u64) -> String {
         match self {

@@ -31,3 +31,11 @@ pub use read::{read_rows, RowReader};
 pub use resolve::resolve_inputs;
 pub use row::{InputFile, InputRow, ReadOptions};
 pub use shard::{input_tag, shards, Shard, Shards};
+
+// Callers read inputs on worker threads, so the reader types must stay
+// `Send`; this fails to compile if a change makes them lose it.
+const _: fn() = || {
+    fn is_send<T: Send>() {}
+    is_send::<RowReader>();
+    is_send::<Shards>();
+};

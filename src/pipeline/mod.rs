@@ -129,7 +129,15 @@ pub async fn run(inputs: &[String], output: &Path, config: RunConfig) -> anyhow:
     });
     let (work_tx, work_rx) = mpsc::channel(1);
     let producer = spawn_producer(input_files, options, config.clone(), output.to_path_buf(), work_tx, events_tx.clone());
-    let dispatcher = tokio::spawn(dispatch(work_rx, preparer, batch_tx, events_tx, open_shard_limit(&config), config.download.concurrency));
+    let dispatcher = tokio::spawn(dispatch(
+        work_rx,
+        preparer,
+        batch_tx,
+        events_tx,
+        open_shard_limit(&config),
+        config.download.concurrency,
+        config.caption.seed,
+    ));
 
     let collected = shard::collect(events_rx, output, &config.input.keep_cols, &metadata).await;
     let stats = model_thread.join().map_err(|_| anyhow::anyhow!("the model thread panicked"))?;
@@ -261,6 +269,7 @@ async fn dispatch(
     events: mpsc::UnboundedSender<Event>,
     open_shards: usize,
     concurrency: usize,
+    run_seed: u64,
 ) {
     let open_shards = Arc::new(Semaphore::new(open_shards));
     let downloads = Arc::new(Semaphore::new(concurrency));
@@ -274,14 +283,15 @@ async fn dispatch(
             return;
         }
 
-        for (row, url) in pending {
+        for (row, url, key) in pending {
             let id = RowId { shard: sequence, row };
+            let seed = row_seed(run_seed, &key);
             let permit = downloads.clone().acquire_owned().await.expect("semaphore is never closed");
             let (preparer, batches, events, base_dir) = (preparer.clone(), batches.clone(), events.clone(), base_dir.clone());
             tokio::spawn(async move {
                 match preparer.prepare(&url, base_dir).await {
                     Ok(image) => {
-                        let item = BatchItem { row: id, pixels: image.pixels, info: image.info };
+                        let item = BatchItem { row: id, seed, pixels: image.pixels, info: image.info };
                         let _ = batches.send_async(item).await;
                     }
                     Err(failure) => {
@@ -293,4 +303,11 @@ async fn dispatch(
         }
         sequence += 1;
     }
+}
+
+/// A row's sampling seed: the run seed mixed with the row key, stable across runs and batches.
+fn row_seed(run_seed: u64, key: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{run_seed}:{key}").as_bytes());
+    u64::from_le_bytes(digest[..8].try_into().expect("a SHA-256 digest has 32 bytes"))
 }

@@ -11,6 +11,9 @@ use super::{Event, RowId};
 /// An image waiting for the model.
 pub struct BatchItem {
     pub row: RowId,
+    /// Sampling seed derived from the run seed and the row key, so captions do not depend on
+    /// batch composition.
+    pub seed: u64,
     pub pixels: Vec<f32>,
     pub info: ImageInfo,
 }
@@ -49,7 +52,11 @@ pub fn run_model_loop(
             pixels.extend_from_slice(&item.pixels);
         }
 
-        let result = captioner.caption_pixels(&pixels, batch.len()).map_err(|e| format!("{e:#}"));
+        let seeds: Vec<u64> = batch.iter().map(|item| item.seed).collect();
+        let result = captioner
+            .pixel_tensor(&pixels, batch.len())
+            .and_then(|tensor| captioner.caption(&tensor, &seeds))
+            .map_err(|e| format!("{e:#}"));
         let elapsed = started.elapsed();
         stats.batches += 1;
         stats.images += batch.len() as u64;
@@ -68,13 +75,13 @@ pub fn run_model_loop(
 
 fn send_results(
     batch: Vec<BatchItem>,
-    result: Result<Vec<capfilt_workers::Caption>, String>,
+    result: Result<Vec<Vec<capfilt_workers::Caption>>, String>,
     output: &tokio::sync::mpsc::UnboundedSender<Event>,
 ) -> Result<(), ()> {
     match result {
         Ok(captions) => {
             for (item, caption) in batch.into_iter().zip(captions) {
-                let row = CaptionedRow { row: item.row, info: item.info, result: Ok(vec![caption]) };
+                let row = CaptionedRow { row: item.row, info: item.info, result: Ok(caption) };
                 output.send(Event::Captioned(row)).map_err(|_| ())?;
             }
         }

@@ -91,9 +91,13 @@ impl OpenShard {
         }
     }
 
-    /// Rows still to download, with their URLs.
-    pub fn pending_urls(&self) -> Vec<(usize, String)> {
-        self.urls.iter().enumerate().filter_map(|(i, url)| url.clone().map(|u| (i, u))).collect()
+    /// Rows still to download: position, URL and key.
+    pub fn pending_urls(&self) -> Vec<(usize, String, String)> {
+        self.urls
+            .iter()
+            .enumerate()
+            .filter_map(|(i, url)| url.clone().map(|u| (i, u, self.rows[i].key.clone())))
+            .collect()
     }
 
     fn finish_row(&mut self, row: usize, status: RowStatus) {

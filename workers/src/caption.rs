@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use crate::blip::model::{read_config, var_builder};
-use crate::blip::search::{beam_search, greedy, BeamSettings, SearchLimits, Sequence, StopReason};
+use crate::blip::search::{beam_search, greedy, sample, BeamSettings, SampleSettings, SearchLimits, Sequence, StopReason};
 use crate::blip::{CaptionModel, CheckpointFiles};
 use crate::error::ModelError;
 
@@ -15,9 +15,18 @@ use crate::error::ModelError;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptionSettings {
-    /// `greedy` or `beam`.
+    /// `greedy`, `beam` or `sample` (nucleus sampling).
     pub decoding: Decoding,
     pub num_beams: usize,
+    /// Captions per image when sampling; greedy and beam search give one.
+    pub num_captions: usize,
+    pub top_p: f32,
+    /// 0 disables top-k filtering.
+    pub top_k: usize,
+    pub temperature: f32,
+    /// Seed of the sampling streams; with the same seed an image gets the same captions in any
+    /// batch.
+    pub seed: u64,
     /// Token limits, counted with the prompt as transformers' `max_length`/`min_length` are.
     pub max_length: usize,
     pub min_length: usize,
@@ -33,6 +42,7 @@ pub struct CaptionSettings {
 pub enum Decoding {
     Greedy,
     Beam,
+    Sample,
 }
 
 impl Default for CaptionSettings {
@@ -40,6 +50,11 @@ impl Default for CaptionSettings {
         Self {
             decoding: Decoding::Beam,
             num_beams: 3,
+            num_captions: 1,
+            top_p: 0.9,
+            top_k: 0,
+            temperature: 1.0,
+            seed: 0,
             max_length: 20,
             min_length: 5,
             repetition_penalty: 1.0,
@@ -63,6 +78,17 @@ impl CaptionSettings {
                 "min_length {} exceeds max_length {}",
                 self.min_length, self.max_length
             )));
+        }
+        if self.decoding == Decoding::Sample {
+            if self.num_captions == 0 {
+                return Err(ModelError::Settings("num_captions must be at least 1".into()));
+            }
+            if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+                return Err(ModelError::Settings(format!("top_p must be in (0, 1], got {}", self.top_p)));
+            }
+            if !(self.temperature > 0.0) {
+                return Err(ModelError::Settings(format!("temperature must be positive, got {}", self.temperature)));
+            }
         }
         if !(self.repetition_penalty > 0.0) {
             return Err(ModelError::Settings("repetition_penalty must be positive".into()));
@@ -122,24 +148,29 @@ impl Captioner {
         &self.prompt_ids
     }
 
-    /// Captions `images` preprocessed images given as `[images, 3, size, size]` f32 values.
-    pub fn caption_pixels(&self, pixels: &[f32], images: usize) -> Result<Vec<Caption>, ModelError> {
+    /// Builds the pixel tensor `[images, 3, size, size]` from preprocessed f32 values.
+    pub fn pixel_tensor(&self, pixels: &[f32], images: usize) -> Result<Tensor, ModelError> {
         let size = self.image_size();
-        let pixel_values = Tensor::from_slice(pixels, (images, 3, size, size), &self.device)?.to_dtype(self.dtype)?;
-        self.caption(&pixel_values)
+        Ok(Tensor::from_slice(pixels, (images, 3, size, size), &self.device)?.to_dtype(self.dtype)?)
     }
 
-    /// Captions a batch of pixel values `[images, 3, size, size]`.
-    pub fn caption(&self, pixel_values: &Tensor) -> Result<Vec<Caption>, ModelError> {
-        let images = pixel_values.dim(0)?;
-        let sequences = self.generate(pixel_values)?;
-        debug_assert_eq!(sequences.len(), images);
-        sequences.into_iter().map(|sequence| self.to_caption(sequence)).collect()
+    /// Captions a batch of pixel values `[images, 3, size, size]`: one caption per image, or
+    /// `num_captions` when sampling. `seeds` (one per image) drive sampling and are ignored
+    /// otherwise.
+    pub fn caption(&self, pixel_values: &Tensor, seeds: &[u64]) -> Result<Vec<Vec<Caption>>, ModelError> {
+        let sequences = self.generate(pixel_values, seeds)?;
+        sequences
+            .into_iter()
+            .map(|per_image| per_image.into_iter().map(|sequence| self.to_caption(sequence)).collect())
+            .collect()
     }
 
     /// Token sequences (prompt included) for a batch, as transformers' `generate()` returns them.
-    pub fn generate(&self, pixel_values: &Tensor) -> Result<Vec<Sequence>, ModelError> {
+    pub fn generate(&self, pixel_values: &Tensor, seeds: &[u64]) -> Result<Vec<Vec<Sequence>>, ModelError> {
         let images = pixel_values.dim(0)?;
+        if self.settings.decoding == Decoding::Sample && seeds.len() != images {
+            return Err(ModelError::Settings(format!("{} seeds given for {images} images", seeds.len())));
+        }
         let image_embeds = self.model.encode_images(pixel_values)?;
         let mut decoder = self.model.decoder(&image_embeds)?;
         let limits = SearchLimits {
@@ -149,15 +180,25 @@ impl Captioner {
             end_token: self.model.config.text_config.sep_token_id,
         };
 
+        let one_each = |sequences: Vec<Sequence>| sequences.into_iter().map(|s| vec![s]).collect();
         let sequences = match self.settings.decoding {
-            Decoding::Greedy => greedy(&mut decoder, &self.prompt_ids, images, &limits)?,
+            Decoding::Greedy => one_each(greedy(&mut decoder, &self.prompt_ids, images, &limits)?),
             Decoding::Beam => {
                 let beam = BeamSettings {
                     num_beams: self.settings.num_beams,
                     length_penalty: self.settings.length_penalty,
                     early_stopping: self.settings.early_stopping,
                 };
-                beam_search(&mut decoder, &self.prompt_ids, images, &limits, &beam)?
+                one_each(beam_search(&mut decoder, &self.prompt_ids, images, &limits, &beam)?)
+            }
+            Decoding::Sample => {
+                let settings = SampleSettings {
+                    num_samples: self.settings.num_captions,
+                    top_p: self.settings.top_p,
+                    top_k: self.settings.top_k,
+                    temperature: self.settings.temperature,
+                };
+                sample(&mut decoder, &self.prompt_ids, seeds, &limits, &settings)?
             }
         };
         Ok(sequences)

@@ -10,7 +10,7 @@
 //!   never at the URL's extension or the server's `Content-Type`, both of
 //!   which are wrong often enough on the web to be useless. Bytes that are
 //!   clearly something else (HTML error pages, XML error documents, PDF,
-//!   SVG, AVIF, HEIC) get a precise reason so the per-row status says why.
+//!   SVG, AVIF, HEIC) get a precise reason, which the per-row status names.
 //! * **Size is checked before pixels are allocated.** Decoders only read
 //!   headers until [`decode`] has compared the declared dimensions with
 //!   [`DecodeLimits`]; `image::Limits::max_alloc` is set as well, as a second
@@ -30,26 +30,33 @@
 //! * **16-bit samples are rounded** to the nearest 8-bit level, grayscale is
 //!   replicated into three channels, and animated GIF, WebP and PNG files are
 //!   reduced to their first frame with [`DecodedImage::animated`] set.
-//! * **Truncated JPEGs are refused** with [`DecodeError::Corrupt`]. The JPEG
-//!   decoder would silently fill the missing part with flat colour, and a
+//! * **Truncated JPEGs are rejected** with [`DecodeError::Corrupt`]. The
+//!   JPEG decoder would silently fill the missing part with flat grey, and a
 //!   caption of half a picture is worse than no caption. PIL, which produced
-//!   the reference captions, also refuses truncated files by default. A JPEG
-//!   counts as truncated when its marker structure ends before the
-//!   end-of-image marker; bytes after that marker are allowed. The check is a
-//!   pure function of the bytes, so the result is the same on every run.
+//!   the reference captions, also rejects truncated files by default
+//!   (`ImageFile.LOAD_TRUNCATED_IMAGES` is false). A JPEG counts as truncated
+//!   when its marker structure ends before the end-of-image marker. Bytes
+//!   after that marker are allowed. The check is a pure function of the
+//!   bytes, so the result is the same on every run.
 //! * **Preprocessing matches HF `BlipImageProcessor`**: a bicubic resize of
 //!   the uint8 RGB image to `size`×`size` (aspect ratio not kept, no crop),
 //!   then `/255`, then `(x - mean) / std`. PIL's bicubic is the Catmull-Rom
 //!   cubic (a = -0.5) with its support widened by the scale factor when
 //!   downscaling, which is what `fast_image_resize`'s convolution with
-//!   `FilterType::CatmullRom` computes.
+//!   `FilterType::CatmullRom` computes. [`Preprocessor`] explains the pass
+//!   order and precision needed to stay within one level of PIL.
+//!
+//! NOTE: JPEG decoding is not bit-identical to PIL's. zune-jpeg (inside the
+//! image crate) rounds its IDCT and 4:2:0 chroma upsampling differently from
+//! libjpeg-turbo, so decoded samples of the astronaut fixture differ from
+//! PIL's by up to 4 levels, and the resized image by as much.
 
 use std::io::Cursor;
 use std::panic::{self, AssertUnwindSafe};
 
-use fast_image_resize as fir;
 use ::image::metadata::Orientation;
 use ::image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage};
+use fast_image_resize as fir;
 
 /// Bounds on the images [`decode`] accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,9 +77,9 @@ pub struct DecodeLimits {
 }
 
 impl Default for DecodeLimits {
-    /// 65 535 per side is the largest a JPEG can declare; only the pixel count
-    /// is meant to bind in practice, the per-side bound merely stops absurd
-    /// strips early.
+    /// Returns PIL's warning threshold as the pixel limit and 65 535 per side,
+    /// the largest a JPEG can declare. The pixel count is meant to bind in
+    /// practice, and the per-side bound stops absurd strips early.
     fn default() -> Self {
         Self {
             max_pixels: 89_478_485,
@@ -101,7 +108,7 @@ pub enum ImageFormatName {
 }
 
 impl ImageFormatName {
-    /// Stable lower-case name, as stored in output rows.
+    /// Returns the stable lower-case name, as stored in output rows.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Jpeg => "jpeg",
@@ -124,7 +131,8 @@ impl ImageFormatName {
         }
     }
 
-    /// Name used when a file of this format uses a feature the decoder lacks.
+    /// Returns the name reported when a file of this format uses a feature
+    /// the decoder lacks.
     fn variant_name(self) -> &'static str {
         match self {
             Self::Jpeg => "jpeg_variant",
@@ -143,7 +151,7 @@ impl std::fmt::Display for ImageFormatName {
     }
 }
 
-/// What [`sniff_format`] thinks a byte string is.
+/// Classification of a byte string by [`sniff_format`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sniffed {
     /// An image in a format [`decode`] handles.
@@ -165,7 +173,7 @@ pub struct DecodedImage {
     pub format: ImageFormatName,
     /// Whether any pixel was less than fully opaque before compositing.
     pub had_alpha: bool,
-    /// Whether the file holds more than one frame (only the first is kept).
+    /// Whether the file contains more than one frame (only the first is kept).
     pub animated: bool,
     /// Orientation code 1–8 read from the file's metadata, if there was a
     /// readable one; `None` when absent or corrupt.
@@ -173,21 +181,21 @@ pub struct DecodedImage {
 }
 
 impl DecodedImage {
-    /// Upright width in pixels.
+    /// Returns the upright width in pixels.
     pub fn width(&self) -> u32 {
         self.rgb.width()
     }
 
-    /// Upright height in pixels.
+    /// Returns the upright height in pixels.
     pub fn height(&self) -> u32 {
         self.rgb.height()
     }
 }
 
-/// Why bytes could not be turned into a [`DecodedImage`].
+/// Reason a byte string could not be decoded into a [`DecodedImage`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    /// The bytes are not an image; the text says what they look like.
+    /// The bytes are not an image, and the text names what they look like.
     #[error("not an image ({0})")]
     NotAnImage(String),
     /// An image format or format feature this module does not decode.
@@ -196,9 +204,10 @@ pub enum DecodeError {
     /// Declared dimensions exceed [`DecodeLimits`].
     #[error("image too large: {width}x{height}")]
     TooLarge {
-        /// Declared width (upright where the orientation was known).
+        /// Declared width, upright where the orientation was known, and 0
+        /// when a codec rejected the file before its dimensions were read.
         width: u64,
-        /// Declared height (upright where the orientation was known).
+        /// Declared height, with the same conventions as `width`.
         height: u64,
     },
     /// A side is shorter than [`DecodeLimits::min_size`].
@@ -217,7 +226,7 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    /// Stable per-row status string for output tables.
+    /// Returns the stable per-row status string for output tables.
     pub fn status(&self) -> &'static str {
         match self {
             Self::NotAnImage(_) => "not_an_image",
@@ -229,7 +238,8 @@ impl DecodeError {
     }
 }
 
-/// Identifies a byte string by its leading magic bytes alone.
+/// Identifies a byte string from its content alone: magic bytes, or the
+/// first kilobyte of text. File names and content types play no part.
 pub fn sniff_format(bytes: &[u8]) -> Sniffed {
     if let Some(format) = sniff_decodable(bytes) {
         return Sniffed::Image(format);
@@ -319,7 +329,9 @@ fn sniff_ftyp(bytes: &[u8]) -> Option<Sniffed> {
     let has = |wanted: &[&[u8]]| brands.iter().any(|b| wanted.contains(b));
     let sniffed = if has(&[b"avif", b"avis"]) {
         Sniffed::UnsupportedImage("avif")
-    } else if has(&[b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"]) {
+    } else if has(&[
+        b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs",
+    ]) {
         Sniffed::UnsupportedImage("heic")
     } else if has(&[b"mif1", b"msf1", b"heif"]) {
         Sniffed::UnsupportedImage("heif")
@@ -385,10 +397,10 @@ fn sniff_markup(text: &[u8]) -> Sniffed {
 
 /// Decodes `bytes` into an upright RGB image within `limits`.
 ///
-/// The format is found with [`sniff_format`]; the file's extension and the
+/// The format is found with [`sniff_format`]. The file's extension and the
 /// server's content type play no part.
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage, DecodeError> {
-    // Codecs are third-party code fed untrusted bytes; a panic in one must
+    // Codecs are third-party code fed untrusted bytes, so a panic in one must
     // cost one row, not the worker thread.
     panic::catch_unwind(AssertUnwindSafe(|| decode_inner(bytes, limits)))
         .unwrap_or_else(|_| Err(DecodeError::Corrupt("decoder panicked".into())))
@@ -446,36 +458,43 @@ fn precheck_container(
 }
 
 /// Rejects PNGs whose IHDR declares too many pixels before the PNG crate
-/// sees them, since it rejects some such sizes as malformed instead.
+/// parses them, because it rejects some such sizes as malformed instead.
 fn precheck_png_header(bytes: &[u8], limits: &DecodeLimits) -> Result<(), DecodeError> {
     let Some(ihdr) = bytes.get(8..24) else {
-        return Err(DecodeError::Corrupt("png header truncated".into()));
+        let len = bytes.len();
+        return Err(DecodeError::Corrupt(format!(
+            "truncated png header: {len} bytes"
+        )));
     };
     if &ihdr[4..8] != b"IHDR" {
-        return Err(DecodeError::Corrupt("png does not start with IHDR".into()));
+        return Err(DecodeError::Corrupt(
+            "invalid png: first chunk is not IHDR".into(),
+        ));
     }
 
     let width = u64::from(u32::from_be_bytes([ihdr[8], ihdr[9], ihdr[10], ihdr[11]]));
     let height = u64::from(u32::from_be_bytes([ihdr[12], ihdr[13], ihdr[14], ihdr[15]]));
 
-    // Orientation is unknown here, so a side is only refused when it is too
-    // long in either direction; the exact check follows once it is known.
+    // The orientation is unknown here, so a side is rejected only when it
+    // exceeds the longer side limit. The exact check follows once it is known.
     let longest_allowed = u64::from(limits.max_width.max(limits.max_height));
-    let too_large = width.saturating_mul(height) > limits.max_pixels
-        || width.max(height) > longest_allowed;
+    let too_large =
+        width.saturating_mul(height) > limits.max_pixels || width.max(height) > longest_allowed;
     if too_large {
         return Err(DecodeError::TooLarge { width, height });
     }
     Ok(())
 }
 
-/// Refuses a JPEG whose marker structure stops before the end-of-image
-/// marker; see the module documentation for why.
+/// Rejects a JPEG whose marker structure stops before the end-of-image
+/// marker (the module documentation gives the reason).
 fn check_jpeg_complete(bytes: &[u8]) -> Result<(), DecodeError> {
     if jpeg_has_end_marker(bytes) {
         Ok(())
     } else {
-        Err(DecodeError::Corrupt("truncated jpeg: no end-of-image marker".into()))
+        Err(DecodeError::Corrupt(
+            "truncated jpeg: no end-of-image marker".into(),
+        ))
     }
 }
 
@@ -552,8 +571,8 @@ fn skip_entropy_data(bytes: &[u8], mut pos: usize) -> usize {
     bytes.len()
 }
 
-/// The bounds handed to the codecs. Per-side limits use the longer of the
-/// two because the codecs see stored, not upright, dimensions.
+/// Builds the bounds handed to the codecs. Per-side limits use the longer of
+/// the two because the codecs see stored, not upright, dimensions.
 fn image_limits(limits: &DecodeLimits, with_sides: bool) -> ::image::Limits {
     let mut out = ::image::Limits::default();
     out.max_alloc = Some(max_alloc_bytes(limits));
@@ -633,7 +652,9 @@ fn check_dimensions(
     }
 
     if width == 0 || height == 0 {
-        return Err(DecodeError::Corrupt(format!("zero dimension {width}x{height}")));
+        return Err(DecodeError::Corrupt(format!(
+            "invalid dimensions {width}x{height}"
+        )));
     }
 
     if width < limits.min_size || height < limits.min_size {
@@ -660,45 +681,73 @@ fn map_image_error(err: ImageError, format: ImageFormatName, (w, h): (u32, u32))
 /// Converts any decoded layout to 8-bit RGB, compositing alpha onto white.
 /// Returns whether any pixel was less than fully opaque.
 fn flatten_on_white(image: DynamicImage) -> (RgbImage, bool) {
+    let (width, height) = (image.width(), image.height());
     match image {
         DynamicImage::ImageRgb8(rgb) => (rgb, false),
         DynamicImage::ImageLuma8(_) => (image.into_rgb8(), false),
-        DynamicImage::ImageRgba8(rgba) => {
-            let (w, h) = rgba.dimensions();
-            composite_u8(w, h, rgba.as_raw(), 4)
-        }
-        DynamicImage::ImageLumaA8(la) => {
-            let (w, h) = la.dimensions();
-            composite_u8(w, h, la.as_raw(), 2)
-        }
-        // Wider samples are rare on the web, so one float path serves them
-        // all; it rounds 16-bit values to the nearest 8-bit level.
+        DynamicImage::ImageRgba8(rgba) => composite(width, height, rgba.as_raw(), 4),
+        DynamicImage::ImageLumaA8(la) => composite(width, height, la.as_raw(), 2),
+        DynamicImage::ImageRgb16(rgb) => composite(width, height, rgb.as_raw(), 3),
+        DynamicImage::ImageRgba16(rgba) => composite(width, height, rgba.as_raw(), 4),
+        DynamicImage::ImageLuma16(l) => composite(width, height, l.as_raw(), 1),
+        DynamicImage::ImageLumaA16(la) => composite(width, height, la.as_raw(), 2),
+        // Float samples come only from rare TIFFs, so a float path that
+        // copies the image once more is acceptable for them.
         other => composite_f32(&other),
     }
 }
 
-/// Composites 8-bit pixels with `channels` = 2 (gray, alpha) or 4 (RGBA).
-fn composite_u8(width: u32, height: u32, raw: &[u8], channels: usize) -> (RgbImage, bool) {
+/// Integer sample types that [`composite`] handles.
+trait Sample: Copy + Into<u64> {
+    /// The fully opaque (and full intensity) value.
+    const MAX: u64;
+}
+
+impl Sample for u8 {
+    const MAX: u64 = 255;
+}
+
+impl Sample for u16 {
+    const MAX: u64 = 65_535;
+}
+
+/// Composites interleaved samples onto white and rounds them to 8 bits.
+/// `channels` is 1 (gray), 2 (gray, alpha), 3 (RGB) or 4 (RGBA).
+fn composite<T: Sample>(width: u32, height: u32, raw: &[T], channels: usize) -> (RgbImage, bool) {
+    let has_alpha = channels % 2 == 0;
     let mut out = Vec::with_capacity(raw.len() / channels * 3);
     let mut had_alpha = false;
 
     for px in raw.chunks_exact(channels) {
-        let alpha = px[channels - 1];
-        had_alpha |= alpha != 255;
+        let alpha = if has_alpha {
+            px[channels - 1].into()
+        } else {
+            T::MAX
+        };
+        had_alpha |= alpha != T::MAX;
 
-        let rgb = if channels == 4 { [px[0], px[1], px[2]] } else { [px[0]; 3] };
-        out.extend(rgb.map(|c| over_white_u8(c, alpha)));
+        let colour = if channels >= 3 {
+            [px[0], px[1], px[2]]
+        } else {
+            [px[0]; 3]
+        };
+        out.extend(colour.map(|c| over_white::<T>(c.into(), alpha)));
     }
 
     let rgb = RgbImage::from_raw(width, height, out).expect("buffer sized from the image");
     (rgb, had_alpha)
 }
 
-/// `c·a + 255·(1 − a)` with a = alpha/255, rounded to nearest.
-fn over_white_u8(c: u8, alpha: u8) -> u8 {
-    let (c, a) = (u32::from(c), u32::from(alpha));
-    let v = c * a + 255 * (255 - a);
-    ((v + 127) / 255) as u8
+/// Computes `c·a + max·(1 − a)` with a = alpha/max, scaled to 0–255 and
+/// rounded to nearest, in exact integer arithmetic.
+fn over_white<T: Sample>(c: u64, alpha: u64) -> u8 {
+    let max = T::MAX;
+    let v = c * alpha + max * (max - alpha);
+
+    // v is in units of max², and max² / 255 is a whole (odd) number for both
+    // sample types, so no value falls exactly halfway between two levels.
+    let divisor = max * max / 255;
+    ((v + divisor / 2) / divisor) as u8
 }
 
 fn composite_f32(image: &DynamicImage) -> (RgbImage, bool) {
@@ -754,7 +803,9 @@ fn gif_frame_count(bytes: &[u8], stop_at: usize) -> usize {
             Some(0x21) => pos = skip_sub_blocks(bytes, pos + 2),
             Some(0x2C) => {
                 frames += 1;
-                let Some(&packed) = bytes.get(pos + 9) else { break };
+                let Some(&packed) = bytes.get(pos + 9) else {
+                    break;
+                };
                 // Descriptor (10 bytes), local table, LZW code size byte.
                 pos = skip_sub_blocks(bytes, pos + 10 + color_table_len(packed) + 1);
             }
@@ -790,7 +841,8 @@ fn webp_animation_flag(bytes: &[u8]) -> bool {
     bytes.len() > 20 && &bytes[12..16] == b"VP8X" && bytes[20] & 0x02 != 0
 }
 
-/// An APNG announces itself with an acTL chunk before the image data.
+/// Reports whether a PNG is an APNG, which declares an acTL chunk before
+/// the image data.
 fn png_has_actl(bytes: &[u8]) -> bool {
     let mut pos: usize = 8;
     while let Some(header) = pos.checked_add(8).and_then(|end| bytes.get(pos..end)) {
@@ -816,7 +868,11 @@ pub struct PreprocessConfig {
 }
 
 impl PreprocessConfig {
-    /// The settings of the BLIP image processor: 384 pixels, CLIP statistics.
+    /// Returns the settings of the BLIP image processor: 384 pixels, CLIP
+    /// statistics.
+    // The statistics are written exactly as the reference processor publishes
+    // them, so they can be compared by eye; f32 rounds the last digit anyway.
+    #[allow(clippy::excessive_precision)]
     pub fn blip() -> Self {
         Self {
             size: 384,
@@ -837,7 +893,7 @@ impl Default for PreprocessConfig {
     }
 }
 
-/// Why preprocessing could not run.
+/// Failure to preprocess an image.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PreprocessError {
     /// The output buffer does not hold exactly 3·size·size values.
@@ -854,7 +910,7 @@ pub enum PreprocessError {
     /// The input image has no pixels.
     #[error("input image is empty")]
     EmptyImage,
-    /// The resizer refused the images.
+    /// The resizer rejected the images.
     #[error("resize failed: {0}")]
     Resize(String),
 }
@@ -862,10 +918,11 @@ pub enum PreprocessError {
 /// A 16-bit RGB pixel, the resizer's working format (see [`Preprocessor`]).
 type Px16 = fir::pixels::U16x3;
 
-/// Source rows widened per horizontal-pass call. Widening in strips bounds
-/// the scratch memory to this many rows of the widest image, instead of a
-/// 16-bit copy of a whole (possibly 80-megapixel) photo.
-const STRIP_ROWS: usize = 64;
+/// Source pixels widened per horizontal-pass call. Widening strips of rows
+/// bounds the scratch memory at 6 MiB instead of a 16-bit copy of a whole
+/// photo. Strips are as tall as this allows because each resizer call
+/// recomputes its coefficients.
+const STRIP_PIXELS: usize = 1 << 20;
 
 /// Reusable preprocessing state: the resizer's scratch buffers, the
 /// intermediate and resized images and per-channel lookup tables live here,
@@ -873,13 +930,15 @@ const STRIP_ROWS: usize = 64;
 /// instead of allocating them per image.
 ///
 /// The resize reproduces PIL's two passes: horizontal first, its result
-/// rounded and clipped to 0–255, then vertical. fast_image_resize's own
-/// two-pass u8 path runs the vertical pass first and uses 15-bit
-/// coefficients; against PIL's 22-bit coefficients that leaves single-level
-/// errors in each pass which add up to two levels, and clipping ringing in
-/// the other order moves a few pixels by up to eight levels. Each pass
-/// therefore runs on its own, on 16-bit pixels that hold the 0–255 values,
-/// where the resizer keeps 30 bits of coefficient precision.
+/// rounded and clipped to 0–255, then vertical. Run as one call,
+/// fast_image_resize's u8 path does the vertical pass first, and clipping in
+/// that order moved pixels of the astronaut fixture by up to 8 levels. Its u8
+/// coefficients also have at most 15 bits against PIL's 22, which still left
+/// 2-level errors. Each pass therefore runs on its own, on 16-bit pixels that
+/// contain the 0–255 values, where the resizer uses about 30-bit coefficients.
+///
+/// NOTE: fast_image_resize still builds its coefficient tables on every call,
+/// several hundred small allocations per image.
 pub struct Preprocessor {
     config: PreprocessConfig,
     resizer: fir::Resizer,
@@ -893,7 +952,9 @@ pub struct Preprocessor {
 
 impl std::fmt::Debug for Preprocessor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Preprocessor").field("config", &self.config).finish()
+        f.debug_struct("Preprocessor")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -916,7 +977,7 @@ impl Preprocessor {
         })
     }
 
-    /// The configuration in use.
+    /// Returns the configuration in use.
     pub fn config(&self) -> &PreprocessConfig {
         &self.config
     }
@@ -943,7 +1004,14 @@ impl Preprocessor {
         } else {
             let from = (size, height);
             let to = (size, size);
-            resample(&mut self.resizer, &self.options, &self.horizontal, from, &mut self.vertical, to)?;
+            resample(
+                &mut self.resizer,
+                &self.options,
+                &self.horizontal,
+                from,
+                &mut self.vertical,
+                to,
+            )?;
             narrow(&self.vertical, &mut self.resized);
         }
         Ok(&self.resized)
@@ -954,7 +1022,8 @@ impl Preprocessor {
     fn horizontal_pass(&mut self, rgb: &RgbImage) -> Result<(), PreprocessError> {
         let (width, height) = rgb.dimensions();
         let size = self.config.size;
-        self.horizontal.resize(size as usize * height as usize, Px16::default());
+        self.horizontal
+            .resize(size as usize * height as usize, Px16::default());
 
         if width == size {
             widen(rgb.as_raw(), &mut self.horizontal);
@@ -962,8 +1031,9 @@ impl Preprocessor {
         }
 
         let row_len = width as usize * 3;
-        let strips = rgb.as_raw().chunks(row_len * STRIP_ROWS);
-        let outputs = self.horizontal.chunks_mut(size as usize * STRIP_ROWS);
+        let strip_rows = (STRIP_PIXELS / width as usize).max(1);
+        let strips = rgb.as_raw().chunks(row_len * strip_rows);
+        let outputs = self.horizontal.chunks_mut(size as usize * strip_rows);
         for (rows, out) in strips.zip(outputs) {
             let count = rows.len() / row_len;
             self.strip.resize(width as usize * count, Px16::default());
@@ -1013,8 +1083,8 @@ fn narrow(src: &[Px16], dst: &mut [u8]) {
     }
 }
 
-/// One resize with fast_image_resize. Only one side changes per call, so it
-/// runs a single convolution pass in that direction.
+/// Runs one resize with fast_image_resize. Only one side changes per call,
+/// so this is a single convolution pass in that direction.
 fn resample(
     resizer: &mut fir::Resizer,
     options: &fir::ResizeOptions,
@@ -1029,7 +1099,9 @@ fn resample(
     let mut dst =
         fir::images::TypedImage::from_pixels_slice(dst_w, dst_h, dst).map_err(|e| to_error(&e))?;
 
-    resizer.resize_typed(&src, &mut dst, options).map_err(|e| to_error(&e))
+    resizer
+        .resize_typed(&src, &mut dst, options)
+        .map_err(|e| to_error(&e))
 }
 
 fn validate_config(config: &PreprocessConfig) -> Result<(), PreprocessError> {
@@ -1038,7 +1110,9 @@ fn validate_config(config: &PreprocessConfig) -> Result<(), PreprocessError> {
     }
 
     if config.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-        return Err(PreprocessError::InvalidConfig("std must be finite and positive"));
+        return Err(PreprocessError::InvalidConfig(
+            "std must be finite and positive",
+        ));
     }
 
     if config.mean.iter().any(|m| !m.is_finite()) {
@@ -1047,8 +1121,8 @@ fn validate_config(config: &PreprocessConfig) -> Result<(), PreprocessError> {
     Ok(())
 }
 
-/// One entry per channel and byte value, computed in f64 and rounded once,
-/// so the table agrees with a float64 rescale followed by normalisation.
+/// Builds one entry per channel and byte value, computed in f64 and rounded
+/// once, so each is within float rounding of the reference's computation.
 fn build_lut(config: &PreprocessConfig) -> [[f32; 256]; 3] {
     let mut lut = [[0.0; 256]; 3];
     for (c, table) in lut.iter_mut().enumerate() {
@@ -1067,7 +1141,10 @@ fn write_chw(resized: &[u8], lut: &[[f32; 256]; 3], out: &mut [f32]) {
     let (r_plane, rest) = out.split_at_mut(plane);
     let (g_plane, b_plane) = rest.split_at_mut(plane);
 
-    let planes = r_plane.iter_mut().zip(g_plane.iter_mut()).zip(b_plane.iter_mut());
+    let planes = r_plane
+        .iter_mut()
+        .zip(g_plane.iter_mut())
+        .zip(b_plane.iter_mut());
     for (((r, g), b), px) in planes.zip(resized.chunks_exact(3)) {
         *r = lut[0][usize::from(px[0])];
         *g = lut[1][usize::from(px[1])];
@@ -1094,8 +1171,9 @@ pub fn preprocess(
 mod tests {
     use super::*;
     use ::image::codecs::gif::GifEncoder;
-    use ::image::{Frame, GrayAlphaImage, ImageBuffer, LumaA, Rgb, Rgba, RgbaImage};
+    use ::image::{Frame, GrayAlphaImage, ImageBuffer, Luma, LumaA, Rgb, Rgba, RgbaImage};
 
+    type Gray16Image = ImageBuffer<Luma<u16>, Vec<u16>>;
     type Rgb16Image = ImageBuffer<Rgb<u16>, Vec<u16>>;
     type Rgba16Image = ImageBuffer<Rgba<u16>, Vec<u16>>;
 
@@ -1117,8 +1195,15 @@ mod tests {
     }
 
     fn assert_near(actual: &Rgb<u8>, expected: [u8; 3], tolerance: u8) {
-        let close = actual.0.iter().zip(expected).all(|(a, e)| a.abs_diff(e) <= tolerance);
-        assert!(close, "pixel {actual:?} not within {tolerance} of {expected:?}");
+        let close = actual
+            .0
+            .iter()
+            .zip(expected)
+            .all(|(a, e)| a.abs_diff(e) <= tolerance);
+        assert!(
+            close,
+            "pixel {actual:?} not within {tolerance} of {expected:?}"
+        );
     }
 
     fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
@@ -1133,7 +1218,8 @@ mod tests {
         out
     }
 
-    /// A zlib stream of stored (uncompressed) blocks, enough for tiny IDATs.
+    /// Wraps `data` in a zlib stream of one stored (uncompressed) block,
+    /// enough for tiny IDATs.
     fn zlib_stored(data: &[u8]) -> Vec<u8> {
         assert!(data.len() < 65_536, "one stored block only");
         let len = data.len() as u16;
@@ -1187,7 +1273,7 @@ mod tests {
         segment
     }
 
-    /// Big-endian TIFF header with one IFD holding only Orientation.
+    /// Builds a big-endian TIFF header whose one IFD contains only Orientation.
     fn exif_orientation_tiff(orientation: u16) -> Vec<u8> {
         let mut tiff = b"MM\0\x2a\0\0\0\x08".to_vec();
         tiff.extend_from_slice(&1u16.to_be_bytes());
@@ -1218,7 +1304,7 @@ mod tests {
     }
 
     #[test]
-    fn every_decodable_format_is_found_by_magic_bytes() {
+    fn formats_found_by_magic_bytes() {
         let source = DynamicImage::ImageRgb8(two_halves(16, 8));
         let cases = [
             (ImageFormat::Jpeg, ImageFormatName::Jpeg, 40),
@@ -1262,12 +1348,15 @@ mod tests {
     }
 
     #[test]
-    fn html_and_other_documents_are_not_images() {
+    fn documents_are_not_images() {
         let cases: [(&[u8], &str); 8] = [
             (b"<!DOCTYPE html><html><body>404</body></html>", "html"),
             (b"\xEF\xBB\xBF\n  <html lang=en><svg></svg></html>", "html"),
             (b"<head><title>Moved</title></head>", "html"),
-            (b"<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code></Error>", "xml"),
+            (
+                b"<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code></Error>",
+                "xml",
+            ),
             (b"%PDF-1.7\n%\xE2\xE3", "pdf"),
             (b"{\"error\": \"not found\"}", "json"),
             (b"\0\0\0\x18ftypmp42\0\0\0\0isommp42", "video"),
@@ -1282,7 +1371,7 @@ mod tests {
     }
 
     #[test]
-    fn empty_and_blank_bodies_are_not_images() {
+    fn empty_bodies_are_not_images() {
         for bytes in [&b""[..], b" \r\n\t"] {
             let err = decode(bytes, &DecodeLimits::default()).unwrap_err();
             assert_eq!(err, DecodeError::NotAnImage("empty".into()));
@@ -1290,15 +1379,21 @@ mod tests {
     }
 
     #[test]
-    fn bm_text_is_not_taken_for_a_bitmap() {
-        assert_eq!(sniff_format(b"BMW owners club"), Sniffed::NotAnImage("unknown"));
+    fn bm_text_is_not_bitmap() {
+        assert_eq!(
+            sniff_format(b"BMW owners club"),
+            Sniffed::NotAnImage("unknown")
+        );
     }
 
     #[test]
-    fn svg_avif_and_heic_are_unsupported() {
+    fn svg_avif_heic_unsupported() {
         let cases: [(&[u8], &str); 7] = [
             (b"<svg xmlns=\"http://www.w3.org/2000/svg\"/>", "svg"),
-            (b"<?xml version=\"1.0\"?>\n<!-- made by hand -->\n<svg/>", "svg"),
+            (
+                b"<?xml version=\"1.0\"?>\n<!-- made by hand -->\n<svg/>",
+                "svg",
+            ),
             (b"\0\0\0\x1cftypavif\0\0\0\0avifmif1miaf", "avif"),
             (b"\0\0\0\x1cftypmif1\0\0\0\0mif1avifmiaf", "avif"),
             (b"\0\0\0\x18ftypheic\0\0\0\0mif1heic", "heic"),
@@ -1314,7 +1409,7 @@ mod tests {
     }
 
     #[test]
-    fn png_declaring_huge_dimensions_is_too_large() {
+    fn huge_png_is_too_large() {
         let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
         png.extend(ihdr(8_000_000, 4_294_967_295, 8, 2));
         png.extend(png_chunk(b"IEND", &[]));
@@ -1331,20 +1426,36 @@ mod tests {
     }
 
     #[test]
-    fn pixel_limit_applies_to_ordinary_images() {
-        let bytes = encode(&DynamicImage::ImageRgb8(two_halves(20, 10)), ImageFormat::Png);
+    fn pixel_limit_rejects_large_images() {
+        let bytes = encode(
+            &DynamicImage::ImageRgb8(two_halves(20, 10)),
+            ImageFormat::Png,
+        );
         let limits = DecodeLimits {
             max_pixels: 199,
             ..DecodeLimits::default()
         };
 
         let err = decode(&bytes, &limits).unwrap_err();
-        assert_eq!(err, DecodeError::TooLarge { width: 20, height: 10 });
-        assert!(decode(&bytes, &DecodeLimits { max_pixels: 200, ..limits }).is_ok());
+        assert_eq!(
+            err,
+            DecodeError::TooLarge {
+                width: 20,
+                height: 10
+            }
+        );
+        assert!(decode(
+            &bytes,
+            &DecodeLimits {
+                max_pixels: 200,
+                ..limits
+            }
+        )
+        .is_ok());
     }
 
     #[test]
-    fn side_limits_apply_to_upright_dimensions() {
+    fn side_limits_use_upright_dimensions() {
         let bytes = jpeg_with_segment(&two_halves(20, 10), &exif_app1(&exif_orientation_tiff(6)));
 
         // Stored 20 wide, upright 10 wide and 20 high.
@@ -1361,11 +1472,17 @@ mod tests {
             ..DecodeLimits::default()
         };
         let err = decode(&bytes, &upright_too_tall).unwrap_err();
-        assert_eq!(err, DecodeError::TooLarge { width: 10, height: 20 });
+        assert_eq!(
+            err,
+            DecodeError::TooLarge {
+                width: 10,
+                height: 20
+            }
+        );
     }
 
     #[test]
-    fn transparent_line_art_is_composited_on_white() {
+    fn line_art_composited_on_white() {
         // Black strokes on a transparent background whose hidden colour is
         // also black: dropping alpha would give an all-black image.
         let mut art = RgbaImage::from_pixel(8, 8, Rgba([0, 0, 0, 0]));
@@ -1385,7 +1502,7 @@ mod tests {
     }
 
     #[test]
-    fn opaque_rgba_is_not_reported_as_alpha() {
+    fn opaque_rgba_reports_no_alpha() {
         let opaque = RgbaImage::from_pixel(4, 4, Rgba([10, 20, 30, 255]));
         let bytes = encode(&DynamicImage::ImageRgba8(opaque), ImageFormat::Png);
 
@@ -1395,19 +1512,24 @@ mod tests {
     }
 
     #[test]
-    fn sixteen_bit_samples_round_to_nearest() {
-        // 1000/257 = 3.89 and 40000/257 = 155.64: truncation (or taking the
-        // high byte) would give 3 and 155 (156 for the high byte).
+    fn sixteen_bit_rounds_to_nearest() {
+        // 1000/257 = 3.89 and 40000/257 = 155.64. Truncation would give 3 and
+        // 155, and taking the high byte 3 and 156.
         let image = Rgb16Image::from_pixel(3, 3, Rgb([1000, 40_000, 65_535]));
         let bytes = encode(&DynamicImage::ImageRgb16(image), ImageFormat::Png);
 
         let decoded = decode(&bytes, &DecodeLimits::default()).unwrap();
         assert_eq!(decoded.rgb.get_pixel(1, 1).0, [4, 156, 255]);
         assert!(!decoded.had_alpha);
+
+        let gray = Gray16Image::from_pixel(2, 2, Luma([1000]));
+        let bytes = encode(&DynamicImage::ImageLuma16(gray), ImageFormat::Png);
+        let decoded = decode(&bytes, &DecodeLimits::default()).unwrap();
+        assert_eq!(decoded.rgb.get_pixel(0, 1).0, [4, 4, 4]);
     }
 
     #[test]
-    fn sixteen_bit_alpha_is_composited_on_white() {
+    fn sixteen_bit_alpha_on_white() {
         let mut image = Rgba16Image::from_pixel(2, 1, Rgba([0, 0, 0, 0]));
         image.put_pixel(1, 0, Rgba([0, 65_535, 0, 32_768]));
         let bytes = encode(&DynamicImage::ImageRgba16(image), ImageFormat::Png);
@@ -1421,7 +1543,7 @@ mod tests {
     }
 
     #[test]
-    fn grayscale_with_alpha_becomes_rgb_on_white() {
+    fn gray_alpha_on_white() {
         let mut image = GrayAlphaImage::from_pixel(3, 1, LumaA([0, 0]));
         image.put_pixel(1, 0, LumaA([100, 255]));
         image.put_pixel(2, 0, LumaA([0, 128]));
@@ -1435,7 +1557,7 @@ mod tests {
     }
 
     #[test]
-    fn palette_transparency_is_composited_on_white() {
+    fn palette_transparency_on_white() {
         let decoded = decode(&palette_png_with_trns(), &DecodeLimits::default()).unwrap();
 
         assert!(decoded.had_alpha);
@@ -1446,7 +1568,7 @@ mod tests {
     }
 
     #[test]
-    fn exif_orientation_six_rotates_clockwise() {
+    fn exif_six_rotates_clockwise() {
         let bytes = jpeg_with_segment(&two_halves(20, 10), &exif_app1(&exif_orientation_tiff(6)));
 
         let decoded = decode(&bytes, &DecodeLimits::default()).unwrap();
@@ -1459,7 +1581,7 @@ mod tests {
     }
 
     #[test]
-    fn exif_orientation_three_turns_upside_down() {
+    fn exif_three_rotates_half_turn() {
         let bytes = jpeg_with_segment(&two_halves(20, 10), &exif_app1(&exif_orientation_tiff(3)));
 
         let decoded = decode(&bytes, &DecodeLimits::default()).unwrap();
@@ -1509,7 +1631,7 @@ mod tests {
     }
 
     #[test]
-    fn truncated_jpeg_is_corrupt_every_time() {
+    fn truncated_jpeg_is_corrupt() {
         let jpeg = encode(&DynamicImage::ImageRgb8(noisy(64, 64)), ImageFormat::Jpeg);
         let cut = &jpeg[..jpeg.len() / 2];
 
@@ -1521,11 +1643,14 @@ mod tests {
 
         // Losing only the final end-of-image marker also counts as truncated.
         let no_eoi = &jpeg[..jpeg.len() - 2];
-        assert!(matches!(decode(no_eoi, &DecodeLimits::default()), Err(DecodeError::Corrupt(_))));
+        assert!(matches!(
+            decode(no_eoi, &DecodeLimits::default()),
+            Err(DecodeError::Corrupt(_))
+        ));
     }
 
     #[test]
-    fn end_marker_inside_exif_thumbnail_does_not_hide_truncation() {
+    fn truncation_found_past_thumbnail_eoi() {
         // An EXIF block that embeds a thumbnail ends with its own FF D9.
         let mut tiff = exif_orientation_tiff(1);
         tiff.extend_from_slice(&[0xFF, 0xD8, 0xFF, 0xD9]);
@@ -1538,8 +1663,11 @@ mod tests {
     }
 
     #[test]
-    fn bytes_after_the_jpeg_end_marker_are_allowed() {
-        let mut jpeg = encode(&DynamicImage::ImageRgb8(two_halves(16, 16)), ImageFormat::Jpeg);
+    fn jpeg_trailing_bytes_allowed() {
+        let mut jpeg = encode(
+            &DynamicImage::ImageRgb8(two_halves(16, 16)),
+            ImageFormat::Jpeg,
+        );
         jpeg.extend_from_slice(b"\0\0trailing junk from a careless server");
 
         let decoded = decode(&jpeg, &DecodeLimits::default()).unwrap();
@@ -1547,7 +1675,7 @@ mod tests {
     }
 
     #[test]
-    fn animated_gif_keeps_the_first_frame() {
+    fn animated_gif_keeps_first_frame() {
         let red = RgbaImage::from_pixel(6, 4, Rgba([255, 0, 0, 255]));
         let blue = RgbaImage::from_pixel(6, 4, Rgba([0, 0, 255, 255]));
         let mut bytes = Vec::new();
@@ -1561,7 +1689,9 @@ mod tests {
         assert_eq!(decoded.rgb.get_pixel(3, 2).0, [255, 0, 0]);
 
         let mut still = Vec::new();
-        GifEncoder::new(&mut still).encode_frames([Frame::new(red)]).unwrap();
+        GifEncoder::new(&mut still)
+            .encode_frames([Frame::new(red)])
+            .unwrap();
         assert!(!decode(&still, &DecodeLimits::default()).unwrap().animated);
     }
 
@@ -1603,11 +1733,16 @@ mod tests {
             anmf(second),
         ]
         .concat();
-        [b"RIFF".to_vec(), (body.len() as u32).to_le_bytes().to_vec(), body].concat()
+        [
+            b"RIFF".to_vec(),
+            (body.len() as u32).to_le_bytes().to_vec(),
+            body,
+        ]
+        .concat()
     }
 
     #[test]
-    fn animated_webp_keeps_the_first_frame() {
+    fn animated_webp_keeps_first_frame() {
         let red = RgbImage::from_pixel(6, 4, Rgb([255, 0, 0]));
         let blue = RgbImage::from_pixel(6, 4, Rgb([0, 0, 255]));
         let bytes = animated_webp(&red, &blue);
@@ -1620,7 +1755,7 @@ mod tests {
     }
 
     #[test]
-    fn garbage_after_a_valid_magic_is_a_decode_error() {
+    fn garbage_after_magic_is_corrupt() {
         let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
         bytes.extend(ihdr(4, 4, 8, 2));
         bytes.extend(png_chunk(b"IDAT", b"definitely not zlib"));
@@ -1631,7 +1766,8 @@ mod tests {
     }
 
     #[test]
-    fn blip_config_matches_the_reference_processor() {
+    #[allow(clippy::excessive_precision)]
+    fn blip_config_matches_reference() {
         let config = PreprocessConfig::blip();
         assert_eq!(config.size, 384);
         assert_eq!(config.mean, [0.481_454_66, 0.457_827_5, 0.408_210_73]);
@@ -1640,7 +1776,7 @@ mod tests {
     }
 
     #[test]
-    fn preprocess_writes_channel_planes_in_order() {
+    fn preprocess_writes_planes_in_order() {
         let config = PreprocessConfig {
             size: 4,
             ..PreprocessConfig::blip()
@@ -1657,13 +1793,17 @@ mod tests {
         ];
         for (c, plane) in out.chunks_exact(16).enumerate() {
             for v in plane {
-                assert!((v - expected[c]).abs() < 1e-5, "channel {c}: {v} vs {}", expected[c]);
+                assert!(
+                    (v - expected[c]).abs() < 1e-5,
+                    "channel {c}: {v} vs {}",
+                    expected[c]
+                );
             }
         }
     }
 
     #[test]
-    fn preprocess_keeps_a_same_size_image_exactly() {
+    fn same_size_resize_is_copy() {
         let image = noisy(8, 8);
         let mut preprocessor = Preprocessor::new(PreprocessConfig {
             size: 8,
@@ -1671,7 +1811,10 @@ mod tests {
         })
         .unwrap();
 
-        assert_eq!(preprocessor.resize(&image).unwrap(), image.as_raw().as_slice());
+        assert_eq!(
+            preprocessor.resize(&image).unwrap(),
+            image.as_raw().as_slice()
+        );
     }
 
     #[test]
@@ -1692,8 +1835,50 @@ mod tests {
         }
     }
 
+    /// Builds a high-contrast pattern whose bicubic resize overshoots and clips.
+    fn pattern(width: u32, height: u32) -> RgbImage {
+        RgbImage::from_fn(width, height, |x, y| {
+            let v = if (x / 2 + y) % 2 == 0 { 255 } else { 0 };
+            let green = ((x * 37 + y * 11) % 256) as u8;
+            let blue = if x % 3 == 0 { 128 } else { 255 - v };
+            Rgb([v, green, blue])
+        })
+    }
+
+    fn resize_to(image: &RgbImage, size: u32) -> Vec<u8> {
+        let config = PreprocessConfig {
+            size,
+            ..PreprocessConfig::blip()
+        };
+        Preprocessor::new(config)
+            .unwrap()
+            .resize(image)
+            .unwrap()
+            .to_vec()
+    }
+
     #[test]
-    fn preprocess_rejects_a_wrong_buffer_length() {
+    fn resize_matches_pil_bicubic() {
+        // Expected bytes were produced by Pillow 13.0.0:
+        // Image.fromarray(pattern).resize((size, size), Image.BICUBIC).
+        let down: [u8; 48] = [
+            140, 29, 123, 119, 110, 127, 133, 189, 115, 122, 58, 129, 128, 48, 127, 127, 129, 127,
+            128, 211, 128, 127, 79, 128, 128, 68, 127, 127, 155, 127, 128, 170, 128, 127, 61, 128,
+            140, 87, 123, 119, 176, 127, 133, 164, 115, 122, 64, 129,
+        ];
+        let up: [u8; 75] = [
+            255, 0, 140, 255, 10, 61, 255, 36, 0, 81, 62, 166, 0, 76, 255, 238, 1, 137, 238, 12,
+            79, 238, 38, 17, 94, 64, 156, 17, 78, 238, 128, 4, 128, 128, 17, 128, 128, 43, 128,
+            128, 69, 128, 128, 83, 128, 17, 7, 119, 17, 21, 177, 17, 47, 238, 161, 73, 99, 238, 87,
+            17, 0, 9, 116, 0, 23, 195, 0, 49, 255, 174, 75, 89, 255, 89, 0,
+        ];
+
+        assert_eq!(resize_to(&pattern(9, 7), 4), down);
+        assert_eq!(resize_to(&pattern(3, 2), 5), up);
+    }
+
+    #[test]
+    fn preprocess_rejects_wrong_length() {
         let config = PreprocessConfig::blip();
         let mut out = vec![0.0; config.output_len() - 1];
 
@@ -1708,7 +1893,7 @@ mod tests {
     }
 
     #[test]
-    fn preprocess_rejects_unusable_settings() {
+    fn preprocess_rejects_invalid_settings() {
         let mut out = vec![0.0; 12];
         let blip = PreprocessConfig::blip();
 

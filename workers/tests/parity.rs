@@ -37,6 +37,7 @@ fn settings_for(case: &Value) -> CaptionSettings {
         length_penalty: kwargs["length_penalty"].as_f64().unwrap_or(1.0) as f32,
         early_stopping: kwargs["early_stopping"].as_bool().unwrap_or(false),
         prompt: case["prompt"].as_str().unwrap_or("").to_string(),
+        ..CaptionSettings::default()
     }
 }
 
@@ -66,14 +67,14 @@ fn tokens_match_transformers_generate() {
         let captioner = captioner(settings_for(case));
         assert_eq!(captioner.prompt_ids(), ids(&Value::Array(vec![case["decoder_prompt_ids"].clone()]))[0], "{name}: prompt ids");
 
-        let batched: Vec<Vec<u32>> = captioner.generate(pixel_values).unwrap().into_iter().map(|s| s.tokens).collect();
+        let batched: Vec<Vec<u32>> = captioner.generate(pixel_values, &[]).unwrap().into_iter().map(|s| s[0].tokens.clone()).collect();
         let expected: Vec<Vec<u32>> = ids(&case["batched_output_ids"]).into_iter().map(strip_padding).collect();
         assert_eq!(batched, expected, "{name}: batched tokens");
 
         for image in 0..images {
-            let single = captioner.generate(&pixel_values.narrow(0, image, 1).unwrap()).unwrap();
+            let single = captioner.generate(&pixel_values.narrow(0, image, 1).unwrap(), &[]).unwrap();
             let expected = &ids(&case["single_output_ids"])[image];
-            assert_eq!(&single[0].tokens, expected, "{name}: image {image} alone");
+            assert_eq!(&single[0][0].tokens, expected, "{name}: image {image} alone");
         }
     }
 }
@@ -84,9 +85,9 @@ fn prompt_removed_from_caption_text() {
     let case = &reference["cases"]["b_greedy_prompt"];
     let captioner = captioner(settings_for(case));
 
-    let captions = captioner.caption(&tensors["pixel_values"]).unwrap();
+    let captions = captioner.caption(&tensors["pixel_values"], &[]).unwrap();
 
-    for (caption, full) in captions.iter().zip(case["single_text"].as_array().unwrap()) {
+    for (caption, full) in captions.iter().map(|c| &c[0]).zip(case["single_text"].as_array().unwrap()) {
         let full = full.as_str().unwrap();
         assert!(full.starts_with("a picture of"), "reference text keeps the prompt: {full}");
         assert_eq!(caption.text, full.trim_start_matches("a picture of").trim(), "caption text without the prompt");
@@ -112,4 +113,39 @@ fn intermediate_tensors_match() {
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
     (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+fn sampling_settings(num_captions: usize, seed: u64) -> CaptionSettings {
+    CaptionSettings {
+        decoding: Decoding::Sample,
+        num_captions,
+        top_p: 0.9,
+        repetition_penalty: 1.1,
+        seed,
+        min_length: 5,
+        ..CaptionSettings::default()
+    }
+}
+
+#[test]
+fn sampling_is_seeded_and_batch_independent() {
+    let (_, tensors) = reference();
+    let pixel_values = &tensors["pixel_values"];
+    let captioner = captioner(sampling_settings(3, 1));
+    let seeds = [11u64, 12, 13];
+
+    let batched = captioner.generate(pixel_values, &seeds).unwrap();
+    let again = captioner.generate(pixel_values, &seeds).unwrap();
+    assert_eq!(batched, again, "same seeds, same samples");
+    assert!(batched.iter().all(|per_image| per_image.len() == 3), "three samples per image");
+
+    for image in 0..3 {
+        let alone = captioner.generate(&pixel_values.narrow(0, image, 1).unwrap(), &seeds[image..=image]).unwrap();
+        assert_eq!(alone[0], batched[image], "image {image} sampled alone equals its row in the batch");
+    }
+
+    let other_seeds = captioner.generate(pixel_values, &[21, 22, 23]).unwrap();
+    assert_ne!(batched, other_seeds, "other seeds draw other captions");
+    let distinct: std::collections::HashSet<_> = batched.iter().flatten().map(|s| s.tokens.clone()).collect();
+    assert!(distinct.len() > 3, "samples of one image differ: {distinct:?}");
 }

@@ -1,7 +1,7 @@
-//! Decoding and preprocessing checked against the reference fixtures made by
-//! `tests/fixtures/generate.py` with transformers' BLIP image processor, plus
-//! allocation checks that need a counting global allocator (which is why they
-//! live in this separate test binary rather than among the unit tests).
+//! Decoding and preprocessing checked against the reference fixtures that
+//! `tests/fixtures/generate.py` made with transformers' BLIP image processor.
+//! The allocation checks need a counting global allocator, which is why they
+//! live in this separate test binary rather than among the unit tests.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use capfilt_workers::image::{
-    decode, DecodeError, DecodeLimits, PreprocessConfig, Preprocessor,
+    decode, DecodeError, DecodeLimits, ImageFormatName, PreprocessConfig, Preprocessor,
 };
 use image::{Rgb, RgbImage};
 use safetensors::{Dtype, SafeTensors};
@@ -35,8 +35,8 @@ fn note_allocation(size: usize) {
     });
 }
 
-// SAFETY: every call is forwarded unchanged to the system allocator; the
-// bookkeeping touches only const-initialised thread-locals, which never
+// SAFETY: every call is forwarded unchanged to the system allocator. The
+// bookkeeping touches only const-initialised thread-locals, which do not
 // allocate.
 unsafe impl GlobalAlloc for Tracking {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -97,19 +97,27 @@ fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Checks a header-only bomb: refused as too large, quickly, and without any
-/// allocation anywhere near the size its header implies.
-fn assert_refused_cheaply(bytes: &[u8], width: u64, height: u64) {
+/// Checks that a header-only bomb is rejected as too large, quickly, and
+/// without any allocation near the size its header implies.
+fn assert_rejected_cheaply(bytes: &[u8], width: u64, height: u64) {
     let started = Instant::now();
     let (result, stats) = measure(|| decode(bytes, &DecodeLimits::default()));
 
     assert_eq!(result.unwrap_err(), DecodeError::TooLarge { width, height });
-    assert!(stats.largest < MIB, "largest allocation {} bytes", stats.largest);
-    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert!(
+        stats.largest < MIB,
+        "largest allocation {} bytes",
+        stats.largest
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
-fn png_declaring_huge_dimensions_is_refused_without_allocating() {
+fn huge_png_rejected_without_allocation() {
     let mut ihdr = 8_000_000u32.to_be_bytes().to_vec();
     ihdr.extend_from_slice(&u32::MAX.to_be_bytes());
     ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
@@ -119,11 +127,11 @@ fn png_declaring_huge_dimensions_is_refused_without_allocating() {
     png.extend(png_chunk(b"IDAT", &[0x78, 0x01, 0x03, 0x00]));
     png.extend(png_chunk(b"IEND", &[]));
 
-    assert_refused_cheaply(&png, 8_000_000, 4_294_967_295);
+    assert_rejected_cheaply(&png, 8_000_000, 4_294_967_295);
 }
 
 #[test]
-fn png_just_over_the_pixel_limit_is_refused_without_allocating() {
+fn png_over_limit_rejected_cheaply() {
     // 10 000 × 9 000 = 90 M pixels, a little over the default limit, with a
     // valid header the PNG crate itself would accept.
     let mut ihdr = 10_000u32.to_be_bytes().to_vec();
@@ -134,11 +142,11 @@ fn png_just_over_the_pixel_limit_is_refused_without_allocating() {
     png.extend(png_chunk(b"IHDR", &ihdr));
     png.extend(png_chunk(b"IEND", &[]));
 
-    assert_refused_cheaply(&png, 10_000, 9_000);
+    assert_rejected_cheaply(&png, 10_000, 9_000);
 }
 
 #[test]
-fn gif_declaring_huge_dimensions_is_refused_without_allocating() {
+fn huge_gif_rejected_without_allocation() {
     let mut gif = b"GIF89a".to_vec();
     gif.extend_from_slice(&u16::MAX.to_le_bytes());
     gif.extend_from_slice(&u16::MAX.to_le_bytes());
@@ -151,11 +159,11 @@ fn gif_declaring_huge_dimensions_is_refused_without_allocating() {
     gif.extend_from_slice(&u16::MAX.to_le_bytes());
     gif.extend_from_slice(&[0, 2, 2, 0x4C, 0x01, 0, 0x3B]);
 
-    assert_refused_cheaply(&gif, 65_535, 65_535);
+    assert_rejected_cheaply(&gif, 65_535, 65_535);
 }
 
 #[test]
-fn bmp_declaring_huge_dimensions_is_refused_without_allocating() {
+fn huge_bmp_rejected_without_allocation() {
     let mut bmp = b"BM".to_vec();
     bmp.extend_from_slice(&70u32.to_le_bytes());
     bmp.extend_from_slice(&[0, 0, 0, 0]);
@@ -170,7 +178,7 @@ fn bmp_declaring_huge_dimensions_is_refused_without_allocating() {
     bmp.extend_from_slice(&[0; 24]);
     bmp.extend_from_slice(&[0; 16]);
 
-    assert_refused_cheaply(&bmp, 40_000, 40_000);
+    assert_rejected_cheaply(&bmp, 40_000, 40_000);
 }
 
 fn gradient(width: u32, height: u32, seed: u8) -> RgbImage {
@@ -184,7 +192,7 @@ fn gradient(width: u32, height: u32, seed: u8) -> RgbImage {
 }
 
 #[test]
-fn preprocessor_reuse_does_not_allocate_per_image() {
+fn warm_preprocessor_reuses_buffers() {
     let config = PreprocessConfig::blip();
     let mut preprocessor = Preprocessor::new(config).unwrap();
     let mut out = vec![0.0f32; config.output_len()];
@@ -197,7 +205,12 @@ fn preprocessor_reuse_does_not_allocate_per_image() {
 
     let (result, stats) = measure(|| preprocessor.run(&second, &mut out));
     result.unwrap();
-    println!("allocations on a warm run: {stats:?}");
+    // The resizer still builds its small coefficient tables per call; what
+    // must not recur is an image-sized buffer.
+    println!(
+        "warm run: {} allocations, largest {} bytes",
+        stats.count, stats.largest
+    );
     assert!(stats.largest < 64 * 1024, "warm run allocated {stats:?}");
     assert_ne!(out, warm, "different inputs must give different outputs");
 
@@ -210,7 +223,7 @@ fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
 }
 
-/// (safetensors file, photo path) pairs listed in preprocess.json.
+/// Lists the (safetensors file, photo path) pairs in preprocess.json.
 fn reference_cases() -> Vec<(PathBuf, PathBuf)> {
     let dir = fixtures_dir();
     let index = dir.join("preprocess/preprocess.json");
@@ -231,7 +244,9 @@ fn reference_cases() -> Vec<(PathBuf, PathBuf)> {
 }
 
 fn tensor_bytes(tensors: &SafeTensors<'_>, name: &str, dtype: Dtype, shape: &[usize]) -> Vec<u8> {
-    let view = tensors.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let view = tensors
+        .tensor(name)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     assert_eq!(view.dtype(), dtype, "{name} dtype");
     assert_eq!(view.shape(), shape, "{name} shape");
     view.data().to_vec()
@@ -246,57 +261,95 @@ fn as_f32(bytes: &[u8]) -> Vec<f32> {
 
 fn max_u8_diff(a: &[u8], b: &[u8]) -> u8 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap_or(0)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap_or(0)
 }
 
 fn max_f32_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Returns the levels by which our decode may differ from PIL's. The resized
+/// result is allowed the same, and at least the resize's own one level.
+///
+/// Lossless formats decode identically. JPEG decoders are not bit-identical:
+/// zune-jpeg, which the image crate uses, rounds its IDCT and especially its
+/// 4:2:0 chroma upsampling differently from libjpeg-turbo, which PIL uses,
+/// and moves decoded samples by up to 4 levels on the astronaut fixture.
+fn decode_tolerance(format: ImageFormatName) -> u8 {
+    match format {
+        ImageFormatName::Jpeg => 4,
+        _ => 0,
+    }
 }
 
 #[test]
-fn preprocessing_matches_the_reference_processor() {
+fn preprocessing_matches_reference() {
     let config = PreprocessConfig::blip();
     let size = config.size as usize;
     let mut preprocessor = Preprocessor::new(config).unwrap();
     let mut out = vec![0.0f32; config.output_len()];
-
-    // One level of the uint8 image, after normalisation, in the channel with
-    // the smallest std, plus float rounding slack.
     let std_min = config.std.iter().copied().fold(f32::INFINITY, f32::min);
-    let value_tolerance = 1.0 / 255.0 / std_min + 1e-5;
 
     for (tensors_path, photo_path) in reference_cases() {
-        let name = photo_path.file_name().unwrap().to_string_lossy().into_owned();
+        let name = photo_path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         let raw = std::fs::read(&tensors_path).unwrap();
         let tensors = SafeTensors::deserialize(&raw).unwrap();
         let reference_resized = tensor_bytes(&tensors, "resized_u8", Dtype::U8, &[size, size, 3]);
-        let reference_values =
-            as_f32(&tensor_bytes(&tensors, "pixel_values", Dtype::F32, &[3, size, size]));
+        let reference_values = as_f32(&tensor_bytes(
+            &tensors,
+            "pixel_values",
+            Dtype::F32,
+            &[3, size, size],
+        ));
 
         let bytes = std::fs::read(&photo_path).unwrap();
         let decoded = decode(&bytes, &DecodeLimits::default()).unwrap();
         let decode_diff = compare_decoded(&tensors, &decoded.rgb);
-        if let Ok(dir) = std::env::var("DUMP_DIR") {
-            std::fs::write(format!("{dir}/{name}.dec"), decoded.rgb.as_raw()).unwrap();
-        }
 
-        let resized_diff = max_u8_diff(preprocessor.resize(&decoded.rgb).unwrap(), &reference_resized);
+        let resized = preprocessor.resize(&decoded.rgb).unwrap();
+        let resized_diff = max_u8_diff(resized, &reference_resized);
         preprocessor.run(&decoded.rgb, &mut out).unwrap();
         let values_diff = max_f32_diff(&out, &reference_values);
 
+        // One uint8 level after normalisation in the channel with the smallest
+        // std, times the allowed levels, plus float rounding slack.
+        let allowed = decode_tolerance(decoded.format);
+        let levels = 1.max(allowed);
+        let value_tolerance = f32::from(levels) / 255.0 / std_min + 1e-5;
+
         println!(
             "{name}: decoded max diff {decode_diff}, resized_u8 max diff {resized_diff}, \
-             pixel_values max diff {values_diff:.3e} (tolerance {value_tolerance:.3e})"
+             pixel_values max diff {values_diff:.3e} (allowed {levels} levels = {value_tolerance:.3e})"
         );
-        assert!(resized_diff <= 1, "{name}: resized differs by {resized_diff} levels");
-        assert!(values_diff <= value_tolerance, "{name}: pixel_values differ by {values_diff}");
+        assert!(
+            decode_diff <= allowed,
+            "{name}: decode differs by {decode_diff} levels"
+        );
+        assert!(
+            resized_diff <= levels,
+            "{name}: resized differs by {resized_diff} levels"
+        );
+        assert!(
+            values_diff <= value_tolerance,
+            "{name}: pixel_values differ by {values_diff}"
+        );
     }
 }
 
-/// Compares our decode with PIL's, returning the largest per-sample
-/// difference. Lossless sources must match exactly; JPEG decoders may
-/// legitimately differ by a little in their IDCT and chroma upsampling.
+/// Compares our decode with PIL's and returns the largest per-sample
+/// difference.
 fn compare_decoded(tensors: &SafeTensors<'_>, rgb: &RgbImage) -> u8 {
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
     let reference = tensor_bytes(tensors, "decoded_u8", Dtype::U8, &[h, w, 3]);
@@ -304,7 +357,7 @@ fn compare_decoded(tensors: &SafeTensors<'_>, rgb: &RgbImage) -> u8 {
 }
 
 #[test]
-fn resizing_the_reference_decode_matches_within_one_level() {
+fn resize_of_reference_decode_matches() {
     // Feeding PIL's own decoded pixels isolates the resize from any decoder
     // difference.
     let config = PreprocessConfig::blip();
@@ -312,7 +365,11 @@ fn resizing_the_reference_decode_matches_within_one_level() {
     let mut preprocessor = Preprocessor::new(config).unwrap();
 
     for (tensors_path, photo_path) in reference_cases() {
-        let name = photo_path.file_name().unwrap().to_string_lossy().into_owned();
+        let name = photo_path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         let raw = std::fs::read(&tensors_path).unwrap();
         let tensors = SafeTensors::deserialize(&raw).unwrap();
         let decoded_shape = tensors.tensor("decoded_u8").unwrap().shape().to_vec();
@@ -322,9 +379,6 @@ fn resizing_the_reference_decode_matches_within_one_level() {
 
         let image = RgbImage::from_raw(w as u32, h as u32, decoded).unwrap();
         let diff = max_u8_diff(preprocessor.resize(&image).unwrap(), &reference_resized);
-        if let Ok(dir) = std::env::var("DUMP_DIR") {
-            std::fs::write(format!("{dir}/{name}.fir"), preprocessor.resize(&image).unwrap()).unwrap();
-        }
 
         println!("{name}: resize of PIL's decode, max diff {diff}");
         assert!(diff <= 1, "{name}: resize differs by {diff} levels");

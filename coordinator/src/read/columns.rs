@@ -171,15 +171,15 @@ fn list_names(names: &[String]) -> String {
         return "(none)".to_string();
     }
 
-    let shown: Vec<&str> = names
+    let first_names: Vec<&str> = names
         .iter()
         .take(LISTED_COLUMNS)
         .map(String::as_str)
         .collect();
     let rest = names.len().saturating_sub(LISTED_COLUMNS);
     match rest {
-        0 => shown.join(", "),
-        _ => format!("{} and {rest} more", shown.join(", ")),
+        0 => first_names.join(", "),
+        _ => format!("{} and {rest} more", first_names.join(", ")),
     }
 }
 

@@ -110,27 +110,30 @@ impl DelimitedSource {
 
         self.parser.reset();
         self.fields.clear();
-        let mut taken = vec![first];
+        let mut record_lines = vec![first];
 
         loop {
-            let last = taken.last().expect("taken starts with one line");
+            let last = record_lines.last().expect("a record has at least one line");
             if self.fields.feed_line(&mut self.parser, &last.bytes) {
-                return Some(Ok(self.complete(taken)));
+                return Some(Ok(self.complete(record_lines)));
             }
 
             // Still inside a quoted field: the record goes on to the next
             // line, unless the quote has run too far.
-            if taken.len() >= MAX_QUOTED_LINES {
-                return Some(Ok(self.give_back(taken)));
+            if record_lines.len() >= MAX_QUOTED_LINES {
+                let reason = format!("is still open after {MAX_QUOTED_LINES} lines");
+                return Some(Ok(self.give_back(record_lines, &reason)));
             }
             match self.take_line() {
-                None => return Some(Ok(self.give_back(taken))),
+                None => return Some(Ok(self.give_back(record_lines, "is never closed"))),
                 Some(Err(e)) => return Some(Err(e)),
                 Some(Ok(line)) if line.too_long => {
-                    taken.push(line);
-                    return Some(Ok(self.give_back(taken)));
+                    let reason =
+                        format!("is still open at line {}, which is too long", line.number);
+                    record_lines.push(line);
+                    return Some(Ok(self.give_back(record_lines, &reason)));
                 }
-                Some(Ok(line)) => taken.push(line),
+                Some(Ok(line)) => record_lines.push(line),
             }
         }
     }
@@ -142,23 +145,21 @@ impl DelimitedSource {
     /// single line that is harmless, so it is accepted. Across lines it means
     /// that another quote further down closed an unbalanced one, so the lines
     /// in between are records of their own.
-    fn complete(&mut self, taken: Vec<Line>) -> RawRecord {
-        if taken.len() > 1 && has_stray_quote(&taken, self.delimiter) {
-            return self.give_back(taken);
+    fn complete(&mut self, record_lines: Vec<Line>) -> RawRecord {
+        if record_lines.len() > 1 && has_stray_quote(&record_lines, self.delimiter) {
+            return self.give_back(record_lines, "is closed by a stray quote on a later line");
         }
-        self.finish(taken[0].number)
+        self.finish(record_lines[0].number)
     }
 
     /// Reports a runaway quote at the record's first line and queues the
     /// lines after it to be read again.
-    fn give_back(&mut self, mut taken: Vec<Line>) -> RawRecord {
-        let start = taken[0].number;
-        let message = format!(
-            "{} line {start}: quoted field is never closed",
-            self.lines.label()
-        );
+    fn give_back(&mut self, mut record_lines: Vec<Line>, reason: &str) -> RawRecord {
+        let start = record_lines[0].number;
+        let label = self.lines.label();
+        let message = format!("{label} line {start}: quoted field {reason}");
 
-        for line in taken.drain(1..).rev() {
+        for line in record_lines.drain(1..).rev() {
             self.replay.push_front(line);
         }
         RawRecord {
@@ -370,7 +371,10 @@ mod tests {
             vec![
                 (
                     Some(2),
-                    Err("t.csv line 2: quoted field is never closed".to_string())
+                    Err(
+                        "t.csv line 2: quoted field is closed by a stray quote on a later line"
+                            .to_string()
+                    )
                 ),
                 (Some(3), Ok(Some("http://a/2".to_string()))),
                 (Some(4), Ok(Some("http://a/3".to_string()))),
@@ -409,7 +413,8 @@ mod tests {
 
         let got = summary(source(&text, &ReadOptions::default()));
 
-        assert!(got[0].1.is_err(), "{:?}", got[0]);
+        let cut = "t.csv line 2: quoted field is still open after 64 lines".to_string();
+        assert_eq!(got[0], (Some(2), Err(cut)));
         assert_eq!(got[1], (Some(3), Ok(Some("http://a/1".to_string()))));
         assert_eq!(got.len(), MAX_QUOTED_LINES + 7);
     }

@@ -156,8 +156,8 @@ fn parse_array(
         .and_then(|()| deserializer.end());
 
     if let Err(e) = outcome {
-        // Sending fails only when the reader was dropped, and then the error
-        // has no receiver.
+        // A send error means the receiver was dropped, so the error is
+        // discarded with it.
         let _ = sender.send(ending(e, label));
     }
 }

@@ -282,8 +282,8 @@ fn judge_url(field: Field) -> (Option<String>, Option<RowProblem>) {
     let text = match field {
         Field::Absent => return (None, Some(RowProblem::MissingUrl)),
         Field::Other(value) => {
-            let why = format!("expected a string, found `{}`", shorten(&value));
-            return (Some(value), Some(RowProblem::InvalidUrl(why)));
+            let reason = format!("expected a string, found `{}`", shorten(&value));
+            return (Some(value), Some(RowProblem::InvalidUrl(reason)));
         }
         Field::Text(text) => text,
     };
@@ -369,11 +369,11 @@ mod tests {
         ];
 
         for (field, url, problem) in cases {
-            let shown = format!("{field:?}");
+            let field_text = format!("{field:?}");
             assert_eq!(
                 judge_url(field),
                 (url.map(str::to_string), problem),
-                "{shown}"
+                "{field_text}"
             );
         }
     }

@@ -6,6 +6,10 @@
 //! rows, which for BLIP's 30524-token vocabulary is small next to a decoder step.
 
 use candle_core::Result;
+use rand::distr::weighted::WeightedIndex;
+use rand::distr::Distribution;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
 /// Runs the text decoder one step at a time for a set of rows laid out image-major.
 pub trait StepDecoder {
@@ -345,4 +349,205 @@ fn next_rows(states: &[BeamImage], active: &[usize], group: usize, beam: &BeamSe
         }
     }
     (kept_images, rows)
+}
+
+/// Nucleus sampling settings. The logits warpers run in transformers' order: temperature, then
+/// top-k, then top-p.
+#[derive(Debug, Clone)]
+pub struct SampleSettings {
+    /// Captions drawn per image.
+    pub num_samples: usize,
+    /// Smallest set of most likely tokens whose probability mass reaches `top_p` (1.0 keeps all).
+    pub top_p: f32,
+    /// Keep only the `top_k` most likely tokens (0 keeps all).
+    pub top_k: usize,
+    pub temperature: f32,
+}
+
+/// Scales, then masks to `-inf` every token outside the top-k and the top-p nucleus.
+pub fn warp_scores(scores: &mut [f32], settings: &SampleSettings) {
+    if settings.temperature != 1.0 {
+        for score in scores.iter_mut() {
+            *score /= settings.temperature;
+        }
+    }
+
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_unstable_by(|&a, &b| scores[b].partial_cmp(&scores[a]).unwrap_or(std::cmp::Ordering::Equal));
+
+    let mut keep = order.len();
+    if settings.top_k > 0 {
+        keep = keep.min(settings.top_k);
+    }
+    if settings.top_p < 1.0 {
+        let max = scores[order[0]];
+        let total: f32 = order[..keep].iter().map(|&i| (scores[i] - max).exp()).sum();
+        let mut mass = 0.0;
+        for (rank, &index) in order[..keep].iter().enumerate() {
+            if mass >= settings.top_p {
+                keep = rank;
+                break;
+            }
+            mass += (scores[index] - max).exp() / total;
+        }
+    }
+
+    for &index in &order[keep.max(1)..] {
+        scores[index] = f32::NEG_INFINITY;
+    }
+}
+
+/// Draws a token from the softmax of (already warped) scores.
+fn draw(scores: &[f32], rng: &mut ChaCha8Rng) -> u32 {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let weights = scores.iter().map(|&s| if s == f32::NEG_INFINITY { 0.0 } else { (s - max).exp() });
+    match WeightedIndex::new(weights) {
+        Ok(distribution) => distribution.sample(rng) as u32,
+        Err(_) => argmax(scores) as u32,
+    }
+}
+
+/// The random stream of one sample of one image: it depends only on the image's seed and the
+/// sample's index, never on batch composition, so a row gives the same captions in any batch.
+pub fn sample_rng(image_seed: u64, sample: usize) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(image_seed);
+    rng.set_stream(sample as u64);
+    rng
+}
+
+/// Nucleus sampling of `settings.num_samples` captions for each of `seeds.len()` images. The
+/// samples of an image share its cross-attention keys and values; an image leaves the batch
+/// once all its samples have ended.
+pub fn sample(
+    decoder: &mut impl StepDecoder,
+    prompt: &[u32],
+    seeds: &[u64],
+    limits: &SearchLimits,
+    settings: &SampleSettings,
+) -> Result<Vec<Vec<Sequence>>> {
+    let vocab = decoder.vocab_size();
+    let group = settings.num_samples;
+    let images = seeds.len();
+    let mut rows: Vec<Vec<u32>> = vec![prompt.to_vec(); images * group];
+    let mut stops: Vec<Option<StopReason>> = vec![None; images * group];
+    let mut rngs: Vec<ChaCha8Rng> = (0..images * group).map(|r| sample_rng(seeds[r / group], r % group)).collect();
+    let mut active: Vec<usize> = (0..images).collect();
+    let mut feed: Vec<u32> = rows.iter().flatten().copied().collect();
+    let mut new_tokens = prompt.len();
+
+    while !active.is_empty() && rows[active[0] * group].len() < limits.max_length {
+        let mut logits = decoder.step(&feed, new_tokens, group)?;
+
+        for (slot, &image) in active.iter().enumerate() {
+            for sample in 0..group {
+                let row = image * group + sample;
+                let scores = &mut logits[(slot * group + sample) * vocab..(slot * group + sample + 1) * vocab];
+                let token = if stops[row].is_some() {
+                    limits.end_token
+                } else {
+                    process_scores(scores, &rows[row], limits);
+                    warp_scores(scores, settings);
+                    draw(scores, &mut rngs[row])
+                };
+                if stops[row].is_none() {
+                    rows[row].push(token);
+                    if token == limits.end_token {
+                        stops[row] = Some(StopReason::EndToken);
+                    } else if rows[row].len() >= limits.max_length {
+                        stops[row] = Some(StopReason::MaxLength);
+                    }
+                }
+            }
+        }
+
+        let (kept, selected) = unfinished_groups(&active, &stops, group);
+        if kept.len() != active.len() {
+            decoder.select(&kept, &selected)?;
+        }
+        active = kept.iter().map(|&slot| active[slot as usize]).collect();
+        feed = active
+            .iter()
+            .flat_map(|&image| (0..group).map(move |s| image * group + s))
+            .map(|row| *rows[row].last().expect("rows start with the prompt"))
+            .collect();
+        new_tokens = 1;
+    }
+
+    let mut sequences = rows.into_iter().zip(stops).map(|(tokens, stop)| Sequence { tokens, stop: stop.unwrap_or(StopReason::MaxLength), score: None });
+    Ok((0..images).map(|_| sequences.by_ref().take(group).collect()).collect())
+}
+
+/// Slots of images with at least one running sample, and the decoder rows they keep.
+fn unfinished_groups(active: &[usize], stops: &[Option<StopReason>], group: usize) -> (Vec<u32>, Vec<u32>) {
+    let mut kept = Vec::new();
+    let mut rows = Vec::new();
+    for (slot, &image) in active.iter().enumerate() {
+        if (0..group).any(|s| stops[image * group + s].is_none()) {
+            kept.push(slot as u32);
+            rows.extend((0..group).map(|s| (slot * group + s) as u32));
+        }
+    }
+    (kept, rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probabilities(scores: &[f32]) -> Vec<f32> {
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let exp: Vec<f32> = scores.iter().map(|&s| (s - max).exp()).collect();
+        let total: f32 = exp.iter().sum();
+        exp.iter().map(|e| e / total).collect()
+    }
+
+    #[test]
+    fn top_p_keeps_smallest_nucleus() {
+        // Probabilities 0.5, 0.3, 0.15, 0.05.
+        let scores: Vec<f32> = [0.5f32, 0.3, 0.15, 0.05].iter().map(|p| p.ln()).collect();
+        let settings = SampleSettings { num_samples: 1, top_p: 0.9, top_k: 0, temperature: 1.0 };
+
+        let mut warped = scores.clone();
+        warp_scores(&mut warped, &settings);
+
+        assert!(warped[..3].iter().all(|s| s.is_finite()), "0.5 + 0.3 < 0.9, so the third token is needed: {warped:?}");
+        assert_eq!(warped[3], f32::NEG_INFINITY);
+        let kept_mass: f32 = probabilities(&scores)[..3].iter().sum();
+        assert!(kept_mass >= 0.9);
+    }
+
+    #[test]
+    fn top_k_and_top_p_keep_at_least_one() {
+        let mut scores = vec![5.0f32, 1.0, 0.5];
+        warp_scores(&mut scores, &SampleSettings { num_samples: 1, top_p: 0.01, top_k: 2, temperature: 1.0 });
+        assert_eq!(scores[0], 5.0);
+        assert!(scores[1..].iter().all(|s| *s == f32::NEG_INFINITY));
+    }
+
+    #[test]
+    fn temperature_sharpens() {
+        let mut scores = vec![2.0f32, 1.0];
+        warp_scores(&mut scores, &SampleSettings { num_samples: 1, top_p: 1.0, top_k: 0, temperature: 0.5 });
+        assert_eq!(scores, vec![4.0, 2.0]);
+    }
+
+    #[test]
+    fn draws_follow_distribution_and_seed() {
+        let scores: Vec<f32> = [0.7f32, 0.2, 0.1].iter().map(|p| p.ln()).collect();
+        let mut rng = sample_rng(7, 0);
+        let mut counts = [0usize; 3];
+        for _ in 0..20_000 {
+            counts[draw(&scores, &mut rng) as usize] += 1;
+        }
+        let share = counts[0] as f64 / 20_000.0;
+        assert!((share - 0.7).abs() < 0.02, "token 0 drawn {share} of the time");
+
+        let draws = |seed: u64, sample: usize| {
+            let mut rng = sample_rng(seed, sample);
+            (0..64).map(|_| draw(&scores, &mut rng)).collect::<Vec<u32>>()
+        };
+        assert_eq!(draws(7, 3), draws(7, 3), "same seed and sample, same draws");
+        assert_ne!(draws(7, 3), draws(8, 3), "another seed, other draws");
+        assert_ne!(draws(7, 3), draws(7, 4), "another sample, other draws");
+    }
 }
