@@ -33,6 +33,23 @@ pub enum Command {
     /// Inspect configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Write the bootstrapped dataset (kept web and synthetic captions) from shard files.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Folder of shard files written by `capfilt run`.
+    pub dir: PathBuf,
+    /// File to write.
+    #[arg(long, short)]
+    pub output: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = crate::export::ExportFormat::BlipJson)]
+    pub format: crate::export::ExportFormat,
+    /// Export every caption of shards written without the filter.
+    #[arg(long)]
+    pub unfiltered: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,6 +159,29 @@ pub struct Settings {
     #[arg(long, env = "CAPFILT_PROMPT")]
     pub prompt: Option<String>,
 
+    /// Score web and generated captions with BLIP's image-text matching head (CapFilt).
+    #[arg(long, env = "CAPFILT_FILTER", overrides_with = "no_filter")]
+    pub filter: bool,
+    /// Turn the filter off even when the preset enables it.
+    #[arg(long, overrides_with = "filter")]
+    pub no_filter: bool,
+    /// Filter model: hub id or local folder of a BlipForImageTextRetrieval checkpoint
+    /// [default: Salesforce/blip-itm-large-coco].
+    #[arg(long, env = "CAPFILT_FILTER_MODEL")]
+    pub filter_model: Option<String>,
+    /// Hub revision of the filter model.
+    #[arg(long, env = "CAPFILT_FILTER_REVISION")]
+    pub filter_revision: Option<String>,
+    /// Smallest ITM P(match) for which a text is kept.
+    #[arg(long, env = "CAPFILT_THRESHOLD")]
+    pub threshold: Option<f32>,
+    /// First text token for the ITM head: enc (BLIP training) or cls (transformers).
+    #[arg(long, value_parser = ["enc", "cls"], env = "CAPFILT_FIRST_TOKEN")]
+    pub first_token: Option<String>,
+    /// Also store ITC cosines between image and text embeddings.
+    #[arg(long, env = "CAPFILT_ITC")]
+    pub itc: bool,
+
     /// Concurrent downloads.
     #[arg(long, env = "CAPFILT_CONCURRENCY")]
     pub concurrency: Option<usize>,
@@ -169,6 +209,20 @@ pub struct Settings {
     /// Largest accepted image in pixels (width x height).
     #[arg(long, env = "CAPFILT_MAX_PIXELS")]
     pub max_pixels: Option<u64>,
+    /// Downloads in flight at once to one host (0: no limit).
+    #[arg(long, env = "CAPFILT_PER_HOST_CONCURRENCY")]
+    pub per_host_concurrency: Option<usize>,
+    /// Let downloads reach loopback, private and link-local addresses; cloud metadata
+    /// addresses stay blocked.
+    #[arg(long, env = "CAPFILT_ALLOW_PRIVATE_NETWORKS")]
+    pub allow_private_networks: bool,
+    /// CIDR block or single address that downloads may reach although the SSRF guard blocks
+    /// it (repeatable; comma separated in the environment variable).
+    #[arg(long = "allow-cidr", value_name = "CIDR", value_delimiter = ',', env = "CAPFILT_ALLOW_CIDR")]
+    pub allow_cidr: Vec<String>,
+    /// Download images even when their X-Robots-Tag header says noai or noimageai.
+    #[arg(long, env = "CAPFILT_IGNORE_OPT_OUT")]
+    pub ignore_opt_out: bool,
 }
 
 impl Settings {
@@ -214,6 +268,20 @@ impl Settings {
         set(&mut config.caption.repetition_penalty, self.repetition_penalty);
         set(&mut config.caption.prompt, self.prompt.clone());
 
+        if self.filter {
+            config.filter.enabled = true;
+        }
+        if self.no_filter {
+            config.filter.enabled = false;
+        }
+        set(&mut config.filter.model, self.filter_model.clone());
+        set_some(&mut config.filter.revision, self.filter_revision.clone());
+        set(&mut config.filter.threshold, self.threshold);
+        if let Some(first_token) = &self.first_token {
+            config.filter.first_token = serde_json::from_value(serde_json::Value::String(first_token.clone()))?;
+        }
+        config.filter.itc |= self.itc;
+
         set(&mut config.download.concurrency, self.concurrency);
         set(&mut config.download.timeout_secs, self.timeout);
         set(&mut config.download.connect_timeout_secs, self.connect_timeout);
@@ -223,6 +291,12 @@ impl Settings {
         set(&mut config.download.user_agent, self.user_agent.clone());
         set(&mut config.image.min_size, self.min_size);
         set(&mut config.image.max_pixels, self.max_pixels);
+        set(&mut config.download.per_host_concurrency, self.per_host_concurrency);
+        config.download.allow_private_networks |= self.allow_private_networks;
+        set(&mut config.download.allowed_cidrs, (!self.allow_cidr.is_empty()).then(|| self.allow_cidr.clone()));
+        if self.ignore_opt_out {
+            config.download.respect_opt_out = false;
+        }
         Ok(())
     }
 }
@@ -252,6 +326,17 @@ pub fn init_logging(cli: &Cli) {
 pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(args).await,
+        Command::Export(args) => {
+            let counts = crate::export::export(&args.dir, &args.output, args.format, args.unfiltered)?;
+            eprintln!(
+                "exported {} web and {} synthetic captions from {} rows to {}",
+                counts.web,
+                counts.synthetic,
+                counts.rows,
+                args.output.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config(ConfigCommand::Show(settings)) => {
             print!("{}", settings.resolve()?.to_toml());
             Ok(ExitCode::SUCCESS)

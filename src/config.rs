@@ -4,14 +4,16 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
+use capfilt_workers::filter::{FilterSettings, FirstToken};
 use capfilt_workers::CaptionSettings;
 use serde::{Deserialize, Serialize};
 
 use crate::fetch::DownloadConfig;
 
 /// Presets shipped in `configs/`, selectable by name with `--config NAME`.
-pub const PRESETS: [(&str, &str); 3] = [
+pub const PRESETS: [(&str, &str); 4] = [
     ("default", include_str!("../configs/default.toml")),
+    ("capfilt", include_str!("../configs/capfilt.toml")),
     ("quality", include_str!("../configs/quality.toml")),
     ("fast", include_str!("../configs/fast.toml")),
 ];
@@ -25,7 +27,57 @@ pub struct RunConfig {
     pub download: DownloadConfig,
     pub image: ImageConfig,
     pub caption: CaptionSettings,
+    pub filter: FilterConfig,
     pub run: RunSettings,
+}
+
+/// CapFilt's filter: BLIP's image-text matching head scores the web caption and every
+/// generated caption; a text is kept when its P(match) reaches the threshold.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilterConfig {
+    pub enabled: bool,
+    /// Hub id or local folder of a `BlipForImageTextRetrieval` checkpoint.
+    pub model: String,
+    pub revision: Option<String>,
+    /// Smallest P(match) for which a text is kept.
+    pub threshold: f32,
+    /// `enc` (BLIP's training) or `cls` (transformers' default) as the first text token.
+    pub first_token: FirstToken,
+    /// Token limit per text, `[CLS]`/`[ENC]` and `[SEP]` included.
+    pub max_tokens: usize,
+    /// Word limit applied when cleaning texts.
+    pub max_words: usize,
+    /// Also store ITC cosines.
+    pub itc: bool,
+}
+
+impl Default for FilterConfig {
+    fn default() -> Self {
+        let settings = FilterSettings::default();
+        Self {
+            enabled: false,
+            model: "Salesforce/blip-itm-large-coco".into(),
+            revision: None,
+            threshold: settings.threshold,
+            first_token: settings.first_token,
+            max_tokens: settings.max_tokens,
+            max_words: settings.max_words,
+            itc: settings.itc,
+        }
+    }
+}
+
+impl FilterConfig {
+    pub fn settings(&self) -> FilterSettings {
+        FilterSettings {
+            threshold: self.threshold,
+            first_token: self.first_token,
+            max_tokens: self.max_tokens,
+            max_words: self.max_words,
+            itc: self.itc,
+        }
+    }
 }
 
 /// How URL lists are read.
@@ -154,6 +206,9 @@ impl RunConfig {
             bail!("download timeouts must be positive");
         }
         self.caption.validate()?;
+        if self.filter.enabled {
+            self.filter.settings().validate()?;
+        }
         Ok(())
     }
 
@@ -185,6 +240,17 @@ mod tests {
         assert_eq!(config.caption.prompt, "a picture of ");
         assert_eq!(config.model.id, "Salesforce/blip-image-captioning-large");
         assert_eq!(config.run.shard_size, 10_000);
+    }
+
+    #[test]
+    fn capfilt_preset_is_blip_recipe() {
+        let config = RunConfig::load(Some("capfilt")).unwrap();
+        assert_eq!(config.caption.decoding, capfilt_workers::Decoding::Sample);
+        assert_eq!(config.caption.top_p, 0.9);
+        assert_eq!(config.caption.repetition_penalty, 1.1);
+        assert!(config.filter.enabled);
+        assert_eq!(config.filter.threshold, 0.5);
+        assert_eq!(config.filter.model, "Salesforce/blip-itm-large-coco");
     }
 
     #[test]

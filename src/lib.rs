@@ -6,9 +6,11 @@
 
 pub mod cli;
 pub mod config;
+pub mod export;
 pub mod fetch;
 pub mod inputs;
 pub mod model_source;
+pub mod net_guard;
 pub mod pipeline;
 pub mod progress;
 pub mod sink;

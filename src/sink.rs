@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use arrow::array::{ArrayRef, ListBuilder, RecordBatch, StringBuilder, UInt32Builder};
+use arrow::array::{ArrayRef, BooleanBuilder, Float32Builder, ListBuilder, RecordBatch, StringBuilder, UInt32Builder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -17,8 +17,25 @@ use parquet::format::KeyValue;
 use crate::status::RowStatus;
 
 /// Columns every shard file has, in order; kept input columns follow them.
-pub const FIXED_COLUMNS: [&str; 11] =
-    ["key", "url", "caption", "status", "error", "width", "height", "image_format", "sha256", "captions", "caption_stops"];
+pub const FIXED_COLUMNS: [&str; 17] = [
+    "key",
+    "url",
+    "caption",
+    "status",
+    "error",
+    "width",
+    "height",
+    "image_format",
+    "sha256",
+    "captions",
+    "caption_stops",
+    "web_itm",
+    "caption_itm",
+    "web_itc",
+    "caption_itc",
+    "keep_web",
+    "keep_captions",
+];
 
 /// Rows buffered before they are encoded as one record batch.
 const BATCH_ROWS: usize = 1024;
@@ -42,12 +59,20 @@ pub struct OutputRow {
     /// Generated captions; `None` when the row failed before captioning.
     pub captions: Option<Vec<String>>,
     pub caption_stops: Option<Vec<String>>,
+    /// Filter scores; `None` when the filter is off or the row failed.
+    pub web_itm: Option<f32>,
+    pub caption_itm: Option<Vec<f32>>,
+    pub web_itc: Option<f32>,
+    pub caption_itc: Option<Vec<f32>>,
+    pub keep_web: Option<bool>,
+    pub keep_captions: Option<Vec<bool>>,
     pub kept: Vec<Option<String>>,
 }
 
 /// Builds the Arrow schema for shard files with the given kept columns.
 pub fn schema(kept_columns: &[String]) -> SchemaRef {
-    let list = |name: &str| Field::new(name, DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))), true);
+    let list_of = |name: &str, item: DataType| Field::new(name, DataType::List(Arc::new(Field::new("item", item, true))), true);
+    let list = |name: &str| list_of(name, DataType::Utf8);
     let mut fields = vec![
         Field::new("key", DataType::Utf8, false),
         Field::new("url", DataType::Utf8, true),
@@ -60,6 +85,12 @@ pub fn schema(kept_columns: &[String]) -> SchemaRef {
         Field::new("sha256", DataType::Utf8, true),
         list("captions"),
         list("caption_stops"),
+        Field::new("web_itm", DataType::Float32, true),
+        list_of("caption_itm", DataType::Float32),
+        Field::new("web_itc", DataType::Float32, true),
+        list_of("caption_itc", DataType::Float32),
+        Field::new("keep_web", DataType::Boolean, true),
+        list_of("keep_captions", DataType::Boolean),
     ];
     fields.extend(kept_columns.iter().map(|name| Field::new(name, DataType::Utf8, true)));
     Arc::new(Schema::new(fields))
@@ -168,12 +199,60 @@ fn record_batch(schema: &SchemaRef, kept: usize, rows: &[OutputRow]) -> anyhow::
         strings(&|r| r.sha256.as_deref()),
         lists(&|r| r.captions.as_ref()),
         lists(&|r| r.caption_stops.as_ref()),
+        floats(rows, |r| r.web_itm),
+        float_lists(rows, |r| r.caption_itm.as_ref()),
+        floats(rows, |r| r.web_itc),
+        float_lists(rows, |r| r.caption_itc.as_ref()),
+        booleans(rows, |r| r.keep_web),
+        boolean_lists(rows, |r| r.keep_captions.as_ref()),
     ];
     for index in 0..kept {
         columns.push(strings(&|r| r.kept.get(index).and_then(|v| v.as_deref())));
     }
 
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+fn floats(rows: &[OutputRow], get: impl Fn(&OutputRow) -> Option<f32>) -> ArrayRef {
+    let mut builder = Float32Builder::new();
+    for row in rows {
+        builder.append_option(get(row));
+    }
+    Arc::new(builder.finish())
+}
+
+fn booleans(rows: &[OutputRow], get: impl Fn(&OutputRow) -> Option<bool>) -> ArrayRef {
+    let mut builder = BooleanBuilder::new();
+    for row in rows {
+        builder.append_option(get(row));
+    }
+    Arc::new(builder.finish())
+}
+
+fn float_lists(rows: &[OutputRow], get: impl Fn(&OutputRow) -> Option<&Vec<f32>>) -> ArrayRef {
+    list_column(rows, Float32Builder::new(), get)
+}
+
+fn boolean_lists(rows: &[OutputRow], get: impl Fn(&OutputRow) -> Option<&Vec<bool>>) -> ArrayRef {
+    list_column(rows, BooleanBuilder::new(), get)
+}
+
+/// A nullable list column of `T` values, built with `values` as the item builder.
+fn list_column<T: Copy, B>(rows: &[OutputRow], values: B, get: impl Fn(&OutputRow) -> Option<&Vec<T>>) -> ArrayRef
+where
+    B: arrow::array::ArrayBuilder + Extend<Option<T>>,
+{
+    let mut builder = ListBuilder::new(values);
+    for row in rows {
+        match get(row) {
+            Some(items) => {
+                builder.values().extend(items.iter().map(|&v| Some(v)));
+                builder.append(true);
+            }
+            None => builder.append(false),
+        }
+    }
+    Arc::new(builder.finish())
 }
 
 #[cfg(test)]

@@ -32,10 +32,19 @@ pub enum RowStatus {
     FileError,
     /// The image scheme is valid but not supported in this mode (`s3://` image URLs).
     UnsupportedUrl,
+    /// The destination address is loopback, private, link-local, cloud metadata or another
+    /// non-public range, and no `--allow-cidr` or `--allow-private-networks` opens it.
+    Blocked,
+    /// The server's `X-Robots-Tag` opts the image out of AI use (`noai`, `noimageai`).
+    OptedOut,
+    /// The server kept answering 429, or 503 with `Retry-After`, after the retries.
+    RateLimited,
+    /// A redirect loop, or more redirects than `max_redirects`.
+    TooManyRedirects,
 }
 
 impl RowStatus {
-    pub const ALL: [RowStatus; 14] = [
+    pub const ALL: [RowStatus; 18] = [
         RowStatus::Ok,
         RowStatus::MissingUrl,
         RowStatus::InvalidUrl,
@@ -50,6 +59,10 @@ impl RowStatus {
         RowStatus::DecodeError,
         RowStatus::FileError,
         RowStatus::UnsupportedUrl,
+        RowStatus::Blocked,
+        RowStatus::OptedOut,
+        RowStatus::RateLimited,
+        RowStatus::TooManyRedirects,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +81,10 @@ impl RowStatus {
             RowStatus::DecodeError => "decode_error",
             RowStatus::FileError => "file_error",
             RowStatus::UnsupportedUrl => "unsupported_url",
+            RowStatus::Blocked => "blocked_address",
+            RowStatus::OptedOut => "opted_out",
+            RowStatus::RateLimited => "rate_limited",
+            RowStatus::TooManyRedirects => "too_many_redirects",
         }
     }
 }

@@ -57,6 +57,7 @@ fn run_list(list: &Path, extra: &[&str]) -> (std::process::Output, tempfile::Tem
         "0",
         "--batch-size",
         "3",
+        "--allow-private-networks",
     ];
     args.extend_from_slice(extra);
     let output = run_capfilt(&args, &[], RUN_TIMEOUT);
@@ -110,6 +111,13 @@ fn jsonl_list_every_case() {
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.path().join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["counts"]["rows"], expected.len());
     assert_eq!(manifest["counts"]["ok"], 4);
+
+    if let Some((rows, columns)) = pyarrow_read(out.path()) {
+        assert_eq!(rows, expected.len());
+        for column in ["key", "url", "caption", "status", "error", "captions", "license"] {
+            assert!(columns.iter().any(|c| c == column), "pyarrow sees no {column} column: {columns:?}");
+        }
+    }
 }
 
 #[test]
@@ -195,6 +203,7 @@ fn shards_split_and_resume() {
     let args = [
         "run", list.to_str().unwrap(), "--output", out.path().to_str().unwrap(),
         "--model", model.to_str().unwrap(), "--shard-size", "3", "--decoding", "greedy",
+        "--allow-private-networks",
     ];
     let again = run_capfilt(&args, &[], RUN_TIMEOUT);
     assert!(again.status.success());
@@ -234,7 +243,7 @@ fn hub_model_downloads_then_loads_offline() {
 
     let args = [
         "run", list.to_str().unwrap(), "--output", out.to_str().unwrap(),
-        "--model", "capfilt-test/blip-tiny", "--decoding", "greedy",
+        "--model", "capfilt-test/blip-tiny", "--decoding", "greedy", "--allow-private-networks",
     ];
     let env = [("HF_ENDPOINT", endpoint.as_str()), ("HF_HOME", hf_home.to_str().unwrap())];
     let output = run_capfilt(&args, &env, RUN_TIMEOUT);
@@ -247,7 +256,7 @@ fn hub_model_downloads_then_loads_offline() {
     let offline_out = dir.path().join("offline");
     let args = [
         "run", list.to_str().unwrap(), "--output", offline_out.to_str().unwrap(),
-        "--model", "capfilt-test/blip-tiny", "--decoding", "greedy", "--offline",
+        "--model", "capfilt-test/blip-tiny", "--decoding", "greedy", "--offline", "--allow-private-networks",
     ];
     let output = run_capfilt(&args, &[("HF_HOME", hf_home.to_str().unwrap())], RUN_TIMEOUT);
     assert!(output.status.success(), "offline run: stderr:\n{}", String::from_utf8_lossy(&output.stderr));

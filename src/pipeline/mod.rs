@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use capfilt_coordinator::{read_rows, shards, InputFile, ReadOptions, Shard};
 use capfilt_workers::image::{DecodeLimits, PreprocessConfig};
+use capfilt_workers::filter::Filter;
 use capfilt_workers::{CaptionSettings, Captioner};
 use candle_core::{DType, Device};
 use serde::Serialize;
@@ -29,7 +30,7 @@ use crate::sink::check_kept_columns;
 
 pub use model::{BatchItem, CaptionedRow, ModelStats};
 pub use prepare::{ImageInfo, PreparedImage, Preparer, RowFailure};
-pub use shard::{OpenShard, ShardRecord};
+pub use shard::{OpenShard, PendingRow, ShardRecord};
 
 /// A row within the run: the shard's sequence number and the row's position in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,6 +61,7 @@ pub struct RunSummary {
     pub output: PathBuf,
     pub inputs: Vec<String>,
     pub model: ResolvedModel,
+    pub filter_model: Option<ResolvedModel>,
     pub config: RunConfig,
     pub counts: Counts,
     pub shards: Vec<ShardRecord>,
@@ -114,12 +116,14 @@ pub async fn run(inputs: &[String], output: &Path, config: RunConfig) -> anyhow:
     tracing::info!(inputs = input_files.len(), "inputs resolved");
 
     let (model, captioner) = load_model(&config).await?;
-    let metadata = shard::file_metadata(&model, &config.caption);
+    let filter = load_filter(&config, captioner.image_size()).await?;
+    let metadata = shard::file_metadata(&model, &config.caption, filter.as_ref().map(|(m, _)| (m, &config.filter)));
 
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let prefetch = config.run.batch_size * config.run.prefetch_batches.max(1);
     let (batch_tx, batch_rx) = flume::bounded::<BatchItem>(prefetch);
-    let model_thread = spawn_model_thread(captioner, batch_rx, events_tx.clone(), &config);
+    let filter_model = filter.as_ref().map(|(m, _)| m.clone());
+    let model_thread = spawn_model_thread(captioner, filter.map(|(_, f)| f), batch_rx, events_tx.clone(), &config);
 
     let preparer = Arc::new(Preparer {
         fetcher,
@@ -151,6 +155,7 @@ pub async fn run(inputs: &[String], output: &Path, config: RunConfig) -> anyhow:
         output: output.to_path_buf(),
         inputs: inputs.to_vec(),
         model,
+        filter_model,
         images_per_second: collected.counts.ok as f64 / seconds.max(1e-9),
         counts: collected.counts,
         shards: collected.shards,
@@ -181,8 +186,39 @@ async fn load_model(config: &RunConfig) -> anyhow::Result<(ResolvedModel, Captio
     .context("model loading stopped unexpectedly")?
 }
 
+/// Loads the ITM filter when enabled. It scores the captioner's preprocessed pixels, so both
+/// models must take the same input size.
+async fn load_filter(config: &RunConfig, image_size: usize) -> anyhow::Result<Option<(ResolvedModel, Filter)>> {
+    if !config.filter.enabled {
+        return Ok(None);
+    }
+    let filter_config = config.filter.clone();
+    let model_config = config.model.clone();
+    let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<(ResolvedModel, Filter)> {
+        let model = crate::model_source::resolve(&filter_config.model, filter_config.revision.as_deref(), model_config.offline)?;
+        let device = parse_device(&model_config.device)?;
+        tracing::info!(model = %model.id, source = model.source, dir = %model.dir.display(), "loading filter model");
+        let filter = Filter::load(&model.files, filter_config.settings(), &device, DType::F32)
+            .with_context(|| format!("failed to load filter model {}", model.id))?;
+        let model = ResolvedModel { image_size: filter.image_size(), ..model };
+        Ok((model, filter))
+    })
+    .await
+    .context("filter loading stopped unexpectedly")??;
+
+    if loaded.0.image_size != image_size {
+        bail!(
+            "filter model {} takes {} px images but the captioner takes {image_size} px; pick models with the same input size",
+            loaded.0.id,
+            loaded.0.image_size
+        );
+    }
+    Ok(Some(loaded))
+}
+
 fn spawn_model_thread(
     captioner: Captioner,
+    filter: Option<Filter>,
     input: flume::Receiver<BatchItem>,
     output: mpsc::UnboundedSender<Event>,
     config: &RunConfig,
@@ -191,7 +227,7 @@ fn spawn_model_thread(
     let linger = Duration::from_millis(config.run.batch_linger_ms);
     std::thread::Builder::new()
         .name("capfilt-model".into())
-        .spawn(move || model::run_model_loop(captioner, input, output, batch_size, linger))
+        .spawn(move || model::run_model_loop(captioner, filter, input, output, batch_size, linger))
         .expect("spawning the model thread")
 }
 
@@ -278,12 +314,12 @@ async fn dispatch(
     while let Some(Work::Shard { shard, base_dir }) = work.recv().await {
         let permit = open_shards.clone().acquire_owned().await.expect("semaphore is never closed");
         let open = OpenShard::new(sequence, &shard, permit);
-        let pending = open.pending_urls();
+        let pending = open.pending_rows();
         if events.send(Event::Opened(open)).is_err() {
             return;
         }
 
-        for (row, url, key) in pending {
+        for PendingRow { row, url, key, web_caption } in pending {
             let id = RowId { shard: sequence, row };
             let seed = row_seed(run_seed, &key);
             let permit = downloads.clone().acquire_owned().await.expect("semaphore is never closed");
@@ -291,7 +327,7 @@ async fn dispatch(
             tokio::spawn(async move {
                 match preparer.prepare(&url, base_dir).await {
                     Ok(image) => {
-                        let item = BatchItem { row: id, seed, pixels: image.pixels, info: image.info };
+                        let item = BatchItem { row: id, seed, web_caption, pixels: image.pixels, info: image.info };
                         let _ = batches.send_async(item).await;
                     }
                     Err(failure) => {

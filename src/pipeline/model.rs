@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use capfilt_workers::Captioner;
+use capfilt_workers::filter::{Filter, TextScore};
+use capfilt_workers::{Caption, Captioner};
 
 use super::prepare::ImageInfo;
 use super::{Event, RowId};
@@ -14,15 +15,24 @@ pub struct BatchItem {
     /// Sampling seed derived from the run seed and the row key, so captions do not depend on
     /// batch composition.
     pub seed: u64,
+    /// The input's web caption, scored by the filter.
+    pub web_caption: Option<String>,
     pub pixels: Vec<f32>,
     pub info: ImageInfo,
+}
+
+/// Generated captions of a row and, with the filter on, the scores of every text.
+pub struct RowCaptions {
+    pub captions: Vec<Caption>,
+    pub web_score: Option<TextScore>,
+    pub caption_scores: Option<Vec<TextScore>>,
 }
 
 /// A captioned row, or a batch failure that affects every row in it.
 pub struct CaptionedRow {
     pub row: RowId,
     pub info: ImageInfo,
-    pub result: Result<Vec<capfilt_workers::Caption>, String>,
+    pub result: Result<RowCaptions, String>,
 }
 
 /// Batch timings, for the run summary.
@@ -36,6 +46,7 @@ pub struct ModelStats {
 /// Runs batches until the input channel closes and is drained.
 pub fn run_model_loop(
     captioner: Captioner,
+    filter: Option<Filter>,
     input: flume::Receiver<BatchItem>,
     output: tokio::sync::mpsc::UnboundedSender<Event>,
     batch_size: usize,
@@ -52,11 +63,7 @@ pub fn run_model_loop(
             pixels.extend_from_slice(&item.pixels);
         }
 
-        let seeds: Vec<u64> = batch.iter().map(|item| item.seed).collect();
-        let result = captioner
-            .pixel_tensor(&pixels, batch.len())
-            .and_then(|tensor| captioner.caption(&tensor, &seeds))
-            .map_err(|e| format!("{e:#}"));
+        let result = caption_and_score(&captioner, filter.as_ref(), &batch, &pixels).map_err(|e| format!("{e:#}"));
         let elapsed = started.elapsed();
         stats.batches += 1;
         stats.images += batch.len() as u64;
@@ -73,15 +80,49 @@ pub fn run_model_loop(
     stats
 }
 
+/// Captions a batch and, with a filter, scores each image's web caption and generated captions
+/// on the same preprocessed pixels.
+fn caption_and_score(
+    captioner: &Captioner,
+    filter: Option<&Filter>,
+    batch: &[BatchItem],
+    pixels: &[f32],
+) -> Result<Vec<RowCaptions>, capfilt_workers::ModelError> {
+    let seeds: Vec<u64> = batch.iter().map(|item| item.seed).collect();
+    let pixel_values = captioner.pixel_tensor(pixels, batch.len())?;
+    let captions = captioner.caption(&pixel_values, &seeds)?;
+
+    let Some(filter) = filter else {
+        return Ok(captions.into_iter().map(|captions| RowCaptions { captions, web_score: None, caption_scores: None }).collect());
+    };
+
+    let texts: Vec<Vec<&str>> = batch
+        .iter()
+        .zip(&captions)
+        .map(|(item, generated)| item.web_caption.iter().map(String::as_str).chain(generated.iter().map(|c| c.text.as_str())).collect())
+        .collect();
+    let scores = filter.score_pixels(&pixel_values, &texts)?;
+
+    Ok(batch
+        .iter()
+        .zip(captions)
+        .zip(scores)
+        .map(|((item, captions), mut scores)| {
+            let web_score = item.web_caption.is_some().then(|| scores.remove(0));
+            RowCaptions { captions, web_score, caption_scores: Some(scores) }
+        })
+        .collect())
+}
+
 fn send_results(
     batch: Vec<BatchItem>,
-    result: Result<Vec<Vec<capfilt_workers::Caption>>, String>,
+    result: Result<Vec<RowCaptions>, String>,
     output: &tokio::sync::mpsc::UnboundedSender<Event>,
 ) -> Result<(), ()> {
     match result {
         Ok(captions) => {
-            for (item, caption) in batch.into_iter().zip(captions) {
-                let row = CaptionedRow { row: item.row, info: item.info, result: Ok(caption) };
+            for (item, captions) in batch.into_iter().zip(captions) {
+                let row = CaptionedRow { row: item.row, info: item.info, result: Ok(captions) };
                 output.send(Event::Captioned(row)).map_err(|_| ())?;
             }
         }

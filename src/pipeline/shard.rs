@@ -31,6 +31,14 @@ pub struct OpenShard {
     _permit: OwnedSemaphorePermit,
 }
 
+/// A row waiting for its image.
+pub struct PendingRow {
+    pub row: usize,
+    pub url: String,
+    pub key: String,
+    pub web_caption: Option<String>,
+}
+
 /// A written shard, as listed in the manifest.
 #[derive(Debug, Clone, Serialize)]
 pub struct ShardRecord {
@@ -91,12 +99,19 @@ impl OpenShard {
         }
     }
 
-    /// Rows still to download: position, URL and key.
-    pub fn pending_urls(&self) -> Vec<(usize, String, String)> {
+    /// Rows still to download.
+    pub fn pending_rows(&self) -> Vec<PendingRow> {
         self.urls
             .iter()
             .enumerate()
-            .filter_map(|(i, url)| url.clone().map(|u| (i, u, self.rows[i].key.clone())))
+            .filter_map(|(i, url)| {
+                url.clone().map(|url| PendingRow {
+                    row: i,
+                    url,
+                    key: self.rows[i].key.clone(),
+                    web_caption: self.rows[i].caption.clone(),
+                })
+            })
             .collect()
     }
 
@@ -133,7 +148,11 @@ pub fn remove_stale_temp_files(dir: &Path) {
 }
 
 /// Key-value metadata stored in every shard file: tool version, model and decoding settings.
-pub fn file_metadata(model: &ResolvedModel, caption: &CaptionSettings) -> HashMap<String, String> {
+pub fn file_metadata(
+    model: &ResolvedModel,
+    caption: &CaptionSettings,
+    filter: Option<(&ResolvedModel, &crate::config::FilterConfig)>,
+) -> HashMap<String, String> {
     let mut metadata = HashMap::new();
     metadata.insert("capfilt.version".into(), env!("CARGO_PKG_VERSION").into());
     metadata.insert("capfilt.captioner.model".into(), model.id.clone());
@@ -144,7 +163,26 @@ pub fn file_metadata(model: &ResolvedModel, caption: &CaptionSettings) -> HashMa
     if let Some(commit) = &model.commit {
         metadata.insert("capfilt.captioner.commit".into(), commit.clone());
     }
+    if let Some(hash) = &model.weights_sha256 {
+        metadata.insert("capfilt.captioner.weights_sha256".into(), hash.clone());
+    }
     metadata.insert("capfilt.caption.settings".into(), serde_json::to_string(caption).unwrap_or_default());
+    metadata.insert("capfilt.caption.seed".into(), caption.seed.to_string());
+    if let Some((filter_model, filter)) = filter {
+        metadata.insert("capfilt.filter.model".into(), filter_model.id.clone());
+        if let Some(revision) = &filter_model.revision {
+            metadata.insert("capfilt.filter.revision".into(), revision.clone());
+        }
+        if let Some(commit) = &filter_model.commit {
+            metadata.insert("capfilt.filter.commit".into(), commit.clone());
+        }
+        if let Some(hash) = &filter_model.weights_sha256 {
+            metadata.insert("capfilt.filter.weights_sha256".into(), hash.clone());
+        }
+        metadata.insert("capfilt.filter.threshold".into(), filter.threshold.to_string());
+        metadata.insert("capfilt.filter.first_token".into(), format!("{:?}", filter.first_token).to_lowercase());
+        metadata.insert("capfilt.filter.settings".into(), serde_json::to_string(filter).unwrap_or_default());
+    }
     metadata.insert(
         "capfilt.image.background".into(),
         "alpha composited on white (255, 255, 255)".into(),
@@ -198,8 +236,7 @@ pub async fn collect(
                 let shard = open_shard(&mut open, row)?;
                 let output_row = &mut shard.rows[row.row];
                 apply_info(output_row, &captioned.info);
-                output_row.caption_stops = Some(captions.iter().map(|c| c.stop.as_str().to_string()).collect());
-                output_row.captions = Some(captions.into_iter().map(|c| c.text).collect());
+                apply_captions(output_row, captions);
                 shard.finish_row(row.row, RowStatus::Ok);
                 progress.record(RowStatus::Ok);
                 Some(row.shard)
@@ -238,6 +275,22 @@ pub async fn collect(
 
 fn open_shard(open: &mut HashMap<u64, OpenShard>, row: RowId) -> anyhow::Result<&mut OpenShard> {
     open.get_mut(&row.shard).with_context(|| format!("result for unknown shard {}", row.shard))
+}
+
+fn apply_captions(row: &mut OutputRow, result: super::model::RowCaptions) {
+    row.caption_stops = Some(result.captions.iter().map(|c| c.stop.as_str().to_string()).collect());
+    row.captions = Some(result.captions.into_iter().map(|c| c.text).collect());
+
+    if let Some(web) = result.web_score {
+        row.web_itm = Some(web.itm);
+        row.web_itc = web.itc;
+        row.keep_web = Some(web.keep);
+    }
+    if let Some(scores) = result.caption_scores {
+        row.caption_itm = Some(scores.iter().map(|s| s.itm).collect());
+        row.caption_itc = scores.iter().map(|s| s.itc).collect();
+        row.keep_captions = Some(scores.iter().map(|s| s.keep).collect());
+    }
 }
 
 fn apply_info(row: &mut OutputRow, info: &super::ImageInfo) {

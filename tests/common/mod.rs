@@ -43,12 +43,11 @@ impl TestServer {
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async {
-                        let _ = shutdown_rx.await;
-                    })
-                    .await
-                    .unwrap();
+                // No graceful shutdown: it would wait for stalled responses that never end.
+                tokio::select! {
+                    result = axum::serve(listener, router) => result.unwrap(),
+                    _ = shutdown_rx => {}
+                }
             });
             // Stalled responses would keep the runtime alive; drop it without waiting for them.
             runtime.shutdown_timeout(Duration::from_millis(100));
@@ -225,4 +224,57 @@ pub fn read_shards(dir: &Path) -> Vec<HashMap<String, Option<String>>> {
         }
     }
     rows
+}
+
+/// Reads every shard in `dir` with pyarrow, as downstream users do, and returns the total row
+/// count and the column names. `None` when pyarrow is not installed and
+/// `CAPFILT_REQUIRE_PYARROW` is unset; CI sets it, so there the check always runs.
+pub fn pyarrow_read(dir: &Path) -> Option<(usize, Vec<String>)> {
+    let script = "import sys, glob, json, pyarrow.dataset as ds\n\
+                  files = sorted(glob.glob(sys.argv[1] + '/*.parquet'))\n\
+                  t = ds.dataset(files, format='parquet').to_table()\n\
+                  print(json.dumps([t.num_rows, t.column_names]))";
+    let output = std::process::Command::new("python3").arg("-c").arg(script).arg(dir).output();
+    let required = std::env::var("CAPFILT_REQUIRE_PYARROW").is_ok_and(|v| v == "1");
+    match output {
+        Ok(output) if output.status.success() => {
+            let (rows, columns): (usize, Vec<String>) = serde_json::from_slice(&output.stdout).unwrap();
+            Some((rows, columns))
+        }
+        Ok(output) if !required && String::from_utf8_lossy(&output.stderr).contains("No module named") => {
+            eprintln!("pyarrow is not installed; skipping the pyarrow read-back");
+            None
+        }
+        Ok(output) => panic!("pyarrow failed to read {}: {}", dir.display(), String::from_utf8_lossy(&output.stderr)),
+        Err(error) if !required => {
+            eprintln!("python3 is not available ({error}); skipping the pyarrow read-back");
+            None
+        }
+        Err(error) => panic!("python3 is required for the pyarrow read-back: {error}"),
+    }
+}
+
+/// Starts a server like `TestServer::start`, bound to `bind` (for example `127.0.0.2:0`, another
+/// loopback address, or a fixed port), or returns `None` when that address cannot be bound.
+pub fn start_server_at(bind: &str, router: Router) -> Option<TestServer> {
+    let listener = std::net::TcpListener::bind(bind).ok()?;
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = shutdown_rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        // Stalled responses would keep the runtime alive; drop it without waiting for them.
+        runtime.shutdown_timeout(Duration::from_millis(100));
+    });
+    Some(TestServer { addr, shutdown: Some(shutdown), thread: Some(thread) })
 }

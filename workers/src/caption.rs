@@ -158,38 +158,126 @@ impl Captioner {
     /// `num_captions` when sampling. `seeds` (one per image) drive sampling and are ignored
     /// otherwise.
     pub fn caption(&self, pixel_values: &Tensor, seeds: &[u64]) -> Result<Vec<Vec<Caption>>, ModelError> {
-        let sequences = self.generate(pixel_values, seeds)?;
+        self.caption_with_prompts(pixel_values, seeds, None)
+    }
+
+    /// Like [`Captioner::caption`], with a prompt per image (`None` uses the configured prompt).
+    /// Prompts of different lengths share the batch: shorter ones are left-padded and the
+    /// padding is hidden from attention.
+    pub fn caption_with_prompts(
+        &self,
+        pixel_values: &Tensor,
+        seeds: &[u64],
+        prompts: Option<&[Option<String>]>,
+    ) -> Result<Vec<Vec<Caption>>, ModelError> {
+        let prompt_ids = self.prompt_ids_for(pixel_values.dim(0)?, prompts)?;
+        let sequences = self.generate_from(pixel_values, seeds, &prompt_ids)?;
         sequences
             .into_iter()
-            .map(|per_image| per_image.into_iter().map(|sequence| self.to_caption(sequence)).collect())
+            .zip(&prompt_ids)
+            .map(|(per_image, prompt)| per_image.into_iter().map(|sequence| self.to_caption(sequence, prompt)).collect())
             .collect()
     }
 
     /// Token sequences (prompt included) for a batch, as transformers' `generate()` returns them.
     pub fn generate(&self, pixel_values: &Tensor, seeds: &[u64]) -> Result<Vec<Vec<Sequence>>, ModelError> {
+        let prompt_ids = self.prompt_ids_for(pixel_values.dim(0)?, None)?;
+        self.generate_from(pixel_values, seeds, &prompt_ids)
+    }
+
+    /// Like [`Captioner::generate`], with a prompt per image (`None` uses the configured prompt).
+    pub fn generate_with_prompts(
+        &self,
+        pixel_values: &Tensor,
+        seeds: &[u64],
+        prompts: &[Option<String>],
+    ) -> Result<Vec<Vec<Sequence>>, ModelError> {
+        let prompt_ids = self.prompt_ids_for(pixel_values.dim(0)?, Some(prompts))?;
+        self.generate_from(pixel_values, seeds, &prompt_ids)
+    }
+
+    fn prompt_ids_for(&self, images: usize, prompts: Option<&[Option<String>]>) -> Result<Vec<Vec<u32>>, ModelError> {
+        let Some(prompts) = prompts else {
+            return Ok(vec![self.prompt_ids.clone(); images]);
+        };
+        if prompts.len() != images {
+            return Err(ModelError::Settings(format!("{} prompts given for {images} images", prompts.len())));
+        }
+        let bos = self.model.config.text_config.bos_token_id;
+        prompts
+            .iter()
+            .map(|prompt| match prompt {
+                None => Ok(self.prompt_ids.clone()),
+                Some(text) => prompt_tokens(&self.tokenizer, text, bos)
+                    .map_err(|message| ModelError::Tokenizer { path: "tokenizer.json".into(), message }),
+            })
+            .collect()
+    }
+
+    /// Runs the decoding strategy. Images whose prompt already fills `max_length` are not run:
+    /// they end at once with their prompt and `max_length` as the stop reason.
+    fn generate_from(&self, pixel_values: &Tensor, seeds: &[u64], prompts: &[Vec<u32>]) -> Result<Vec<Vec<Sequence>>, ModelError> {
         let images = pixel_values.dim(0)?;
         if self.settings.decoding == Decoding::Sample && seeds.len() != images {
             return Err(ModelError::Settings(format!("{} seeds given for {images} images", seeds.len())));
         }
+
+        let runnable: Vec<u32> = (0..images).filter(|&i| prompts[i].len() < self.settings.max_length).map(|i| i as u32).collect();
+        let mut results: Vec<Vec<Sequence>> = prompts
+            .iter()
+            .map(|prompt| {
+                let sequence = Sequence { tokens: prompt.clone(), stop: StopReason::MaxLength, score: None };
+                vec![sequence; self.captions_per_image()]
+            })
+            .collect();
+        if runnable.is_empty() {
+            return Ok(results);
+        }
+
+        let pixel_values = if runnable.len() == images {
+            pixel_values.clone()
+        } else {
+            pixel_values.index_select(&Tensor::from_slice(&runnable, runnable.len(), pixel_values.device())?, 0)?
+        };
+        let prompts: Vec<Vec<u32>> = runnable.iter().map(|&i| prompts[i as usize].clone()).collect();
+        let seeds: Vec<u64> = runnable.iter().map(|&i| seeds.get(i as usize).copied().unwrap_or(self.settings.seed)).collect();
+
+        let generated = self.search(&pixel_values, &prompts, &seeds)?;
+        for (&image, sequences) in runnable.iter().zip(generated) {
+            results[image as usize] = sequences;
+        }
+        Ok(results)
+    }
+
+    fn captions_per_image(&self) -> usize {
+        match self.settings.decoding {
+            Decoding::Sample => self.settings.num_captions,
+            Decoding::Greedy | Decoding::Beam => 1,
+        }
+    }
+
+    fn search(&self, pixel_values: &Tensor, prompts: &[Vec<u32>], seeds: &[u64]) -> Result<Vec<Vec<Sequence>>, ModelError> {
         let image_embeds = self.model.encode_images(pixel_values)?;
         let mut decoder = self.model.decoder(&image_embeds)?;
+        let text_config = &self.model.config.text_config;
         let limits = SearchLimits {
             max_length: self.settings.max_length,
             min_length: self.settings.min_length,
             repetition_penalty: self.settings.repetition_penalty,
-            end_token: self.model.config.text_config.sep_token_id,
+            end_token: text_config.sep_token_id,
+            pad_token: text_config.pad_token_id,
         };
 
         let one_each = |sequences: Vec<Sequence>| sequences.into_iter().map(|s| vec![s]).collect();
         let sequences = match self.settings.decoding {
-            Decoding::Greedy => one_each(greedy(&mut decoder, &self.prompt_ids, images, &limits)?),
+            Decoding::Greedy => one_each(greedy(&mut decoder, prompts, &limits)?),
             Decoding::Beam => {
                 let beam = BeamSettings {
                     num_beams: self.settings.num_beams,
                     length_penalty: self.settings.length_penalty,
                     early_stopping: self.settings.early_stopping,
                 };
-                one_each(beam_search(&mut decoder, &self.prompt_ids, images, &limits, &beam)?)
+                one_each(beam_search(&mut decoder, prompts, &limits, &beam)?)
             }
             Decoding::Sample => {
                 let settings = SampleSettings {
@@ -198,7 +286,7 @@ impl Captioner {
                     top_k: self.settings.top_k,
                     temperature: self.settings.temperature,
                 };
-                sample(&mut decoder, &self.prompt_ids, seeds, &limits, &settings)?
+                sample(&mut decoder, prompts, seeds, &limits, &settings)?
             }
         };
         Ok(sequences)
@@ -219,25 +307,25 @@ impl Captioner {
         Ok(decoder.logits(&input_ids, 1)?)
     }
 
-    fn to_caption(&self, sequence: Sequence) -> Result<Caption, ModelError> {
-        let text = self.decode_text(&sequence.tokens)?;
+    fn to_caption(&self, sequence: Sequence, prompt: &[u32]) -> Result<Caption, ModelError> {
+        let text = self.decode_text(&sequence.tokens, prompt)?;
         Ok(Caption { text, tokens: sequence.tokens, stop: sequence.stop, score: sequence.score })
     }
 
     /// Decodes tokens and removes the prompt, as BLIP does: the decoded text starts with the
     /// prompt's own decoding, which is cut off.
-    fn decode_text(&self, tokens: &[u32]) -> Result<String, ModelError> {
+    fn decode_text(&self, tokens: &[u32], prompt_ids: &[u32]) -> Result<String, ModelError> {
         let decode = |ids: &[u32]| {
             self.tokenizer
                 .decode(ids, true)
                 .map_err(|e| ModelError::Tokenizer { path: "tokenizer.json".into(), message: e.to_string() })
         };
         let full = decode(tokens)?;
-        let prompt = decode(&self.prompt_ids)?;
+        let prompt = decode(prompt_ids)?;
 
         let text = match full.strip_prefix(prompt.as_str()) {
             Some(rest) => rest.trim().to_string(),
-            None => decode(&tokens[self.prompt_ids.len().min(tokens.len())..])?.trim().to_string(),
+            None => decode(&tokens[prompt_ids.len().min(tokens.len())..])?.trim().to_string(),
         };
         Ok(text)
     }

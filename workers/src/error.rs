@@ -15,7 +15,7 @@ pub enum ModelError {
     Load { path: PathBuf, source: candle_core::Error },
     #[error("invalid tokenizer {path}: {message}")]
     Tokenizer { path: PathBuf, message: String },
-    #[error("invalid caption settings: {0}")]
+    #[error("invalid settings: {0}")]
     Settings(String),
     #[error("model computation failed: {0}")]
     Compute(#[from] candle_core::Error),

@@ -46,13 +46,19 @@
 //!   `FilterType::CatmullRom` computes. [`Preprocessor`] explains the pass
 //!   order and precision needed to stay within one level of PIL.
 //!
-//! NOTE: JPEG decoding is not bit-identical to PIL's. zune-jpeg (inside the
-//! image crate) rounds its IDCT and 4:2:0 chroma upsampling differently from
-//! libjpeg-turbo, so decoded samples of the astronaut fixture differ from
-//! PIL's by up to 4 levels, and the resized image by as much.
+//! * **JPEG is decoded by libjpeg-turbo** (vendored by the mozjpeg crates),
+//!   the library inside PIL, so decoded JPEG pixels are PIL's. The one
+//!   exception is a CMYK file without an Adobe segment, which PIL reads
+//!   inverted. Other formats go through the image crate. [`jpeg`] gives the
+//!   details, including how CMYK and YCCK files become RGB.
+//! * **Blank images are flagged**, not rejected: [`DecodedImage::blank`]
+//!   is set when every sample is within a few levels of black or of white
+//!   (placeholders, failed renders), so the pipeline can decide.
 
 use std::io::Cursor;
 use std::panic::{self, AssertUnwindSafe};
+
+mod jpeg;
 
 use ::image::metadata::Orientation;
 use ::image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage};
@@ -72,7 +78,7 @@ pub struct DecodeLimits {
     pub max_width: u32,
     /// Largest accepted upright height in pixels.
     pub max_height: u32,
-    /// Smallest accepted upright width and height; 0 turns the check off.
+    /// Smallest accepted upright width and height. 0 turns the check off.
     pub min_size: u32,
 }
 
@@ -175,9 +181,11 @@ pub struct DecodedImage {
     pub had_alpha: bool,
     /// Whether the file contains more than one frame (only the first is kept).
     pub animated: bool,
-    /// Orientation code 1–8 read from the file's metadata, if there was a
-    /// readable one; `None` when absent or corrupt.
+    /// Orientation code 1–8 read from the file's metadata, or `None` when it
+    /// was absent or corrupt.
     pub exif_orientation: Option<u16>,
+    /// "all_black" or "all_white" when [`is_blank`] finds the picture blank.
+    pub blank: Option<&'static str>,
 }
 
 impl DecodedImage {
@@ -192,6 +200,35 @@ impl DecodedImage {
     }
 }
 
+/// Levels by which a sample may miss pure black or white and still count as
+/// blank. Lossy codecs and careless encoders leave a level or two of noise
+/// on flat black or white, while any visible mark differs by far more.
+const BLANK_TOLERANCE: u8 = 4;
+
+/// Returns "all_black" or "all_white" when every sample of `rgb` is within
+/// [`BLANK_TOLERANCE`] levels of black or of white, and `None` otherwise
+/// (including for an empty image, which has nothing to judge).
+///
+/// Such images are mostly placeholders and failed renders. They decode
+/// fine, and flagging them leaves the pipeline to decide what to do.
+pub fn is_blank(rgb: &RgbImage) -> Option<&'static str> {
+    let samples = rgb.as_raw();
+    if samples.is_empty() {
+        return None;
+    }
+
+    // Both scans stop at the first sample that disagrees, so a real photo
+    // costs a handful of comparisons.
+    if samples.iter().all(|&v| v <= BLANK_TOLERANCE) {
+        return Some("all_black");
+    }
+
+    if samples.iter().all(|&v| v >= 255 - BLANK_TOLERANCE) {
+        return Some("all_white");
+    }
+    None
+}
+
 /// Reason a byte string could not be decoded into a [`DecodedImage`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -201,7 +238,8 @@ pub enum DecodeError {
     /// An image format or format feature this module does not decode.
     #[error("unsupported image format: {0}")]
     Unsupported(&'static str),
-    /// Declared dimensions exceed [`DecodeLimits`].
+    /// Declared dimensions exceed [`DecodeLimits`], or for JPEG the 65 500
+    /// pixels per side that libjpeg-turbo decodes.
     #[error("image too large: {width}x{height}")]
     TooLarge {
         /// Declared width, upright where the orientation was known, and 0
@@ -409,6 +447,10 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage, Decod
 fn decode_inner(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage, DecodeError> {
     let format = decodable_format(bytes)?;
 
+    if format == ImageFormatName::Jpeg {
+        return decode_jpeg(bytes, limits);
+    }
+
     precheck_container(bytes, format, limits)?;
 
     let mut decoder = open_decoder(bytes, format, limits)?;
@@ -428,10 +470,35 @@ fn decode_inner(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage, Dec
     let rgb = orient(rgb, orientation);
 
     Ok(DecodedImage {
+        blank: is_blank(&rgb),
         rgb,
         format,
         had_alpha,
         animated: is_animated(bytes, format),
+        exif_orientation,
+    })
+}
+
+/// Decodes a JPEG: the marker walk vets it and supplies size and EXIF, and
+/// only then does libjpeg allocate and decode.
+fn decode_jpeg(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage, DecodeError> {
+    let header = jpeg::read_header(bytes)?;
+
+    let (orientation, exif_orientation) = match header.exif {
+        Some(tiff) => orientation_from_exif(tiff),
+        None => (Orientation::NoTransforms, None),
+    };
+    let upright = upright_dimensions((header.width, header.height), orientation);
+    check_dimensions(upright, header.output_bytes(), limits)?;
+
+    let rgb = orient(jpeg::decode_rgb(bytes, &header)?, orientation);
+
+    Ok(DecodedImage {
+        blank: is_blank(&rgb),
+        rgb,
+        format: ImageFormatName::Jpeg,
+        had_alpha: false,
+        animated: false,
         exif_orientation,
     })
 }
@@ -452,7 +519,6 @@ fn precheck_container(
 ) -> Result<(), DecodeError> {
     match format {
         ImageFormatName::Png => precheck_png_header(bytes, limits),
-        ImageFormatName::Jpeg => check_jpeg_complete(bytes),
         _ => Ok(()),
     }
 }
@@ -484,91 +550,6 @@ fn precheck_png_header(bytes: &[u8], limits: &DecodeLimits) -> Result<(), Decode
         return Err(DecodeError::TooLarge { width, height });
     }
     Ok(())
-}
-
-/// Rejects a JPEG whose marker structure stops before the end-of-image
-/// marker (the module documentation gives the reason).
-fn check_jpeg_complete(bytes: &[u8]) -> Result<(), DecodeError> {
-    if jpeg_has_end_marker(bytes) {
-        Ok(())
-    } else {
-        Err(DecodeError::Corrupt(
-            "truncated jpeg: no end-of-image marker".into(),
-        ))
-    }
-}
-
-/// Walks JPEG segments from after SOI, skipping each by its length and
-/// scanning entropy-coded data byte by byte, until EOI or the end of input.
-///
-/// Walking (rather than searching for FF D9) matters because an embedded
-/// EXIF thumbnail carries its own end-of-image marker.
-fn jpeg_has_end_marker(bytes: &[u8]) -> bool {
-    let mut pos = 2;
-    loop {
-        let Some(marker_at) = next_marker(bytes, pos) else {
-            return false;
-        };
-        let marker = bytes[marker_at];
-        pos = marker_at + 1;
-
-        match marker {
-            0xD9 => return true,
-            // Standalone markers carry no length.
-            0x01 | 0xD0..=0xD8 => continue,
-            _ => {}
-        }
-
-        let Some(len) = segment_length(bytes, pos) else {
-            return false;
-        };
-        pos += len;
-
-        if marker == 0xDA {
-            pos = skip_entropy_data(bytes, pos);
-        }
-    }
-}
-
-/// Finds the next marker code at or after `pos`, skipping fill bytes (and,
-/// leniently, stray bytes between segments as decoders do). Returns the
-/// index of the marker code, i.e. the byte after its 0xFF.
-fn next_marker(bytes: &[u8], mut pos: usize) -> Option<usize> {
-    while pos < bytes.len() {
-        if bytes[pos] == 0xFF {
-            let code_at = pos + 1;
-            match bytes.get(code_at) {
-                None => return None,
-                Some(0xFF) | Some(0x00) => pos = code_at,
-                Some(_) => return Some(code_at),
-            }
-        } else {
-            pos += 1;
-        }
-    }
-    None
-}
-
-fn segment_length(bytes: &[u8], pos: usize) -> Option<usize> {
-    let hi = *bytes.get(pos)?;
-    let lo = *bytes.get(pos + 1)?;
-    let len = usize::from(u16::from_be_bytes([hi, lo]));
-
-    // The length includes its own two bytes, so anything shorter is broken.
-    (len >= 2).then_some(len)
-}
-
-/// Returns the index of the 0xFF that starts the first marker after the
-/// entropy-coded data at `pos`, or the input length if there is none.
-fn skip_entropy_data(bytes: &[u8], mut pos: usize) -> usize {
-    while pos + 1 < bytes.len() {
-        let is_marker = bytes[pos] == 0xFF && !matches!(bytes[pos + 1], 0x00 | 0xD0..=0xD7);
-        if is_marker {
-            return pos;
-        }
-        pos += 1;
-    }
-    bytes.len()
 }
 
 /// Builds the bounds handed to the codecs. Per-side limits use the longer of
@@ -609,10 +590,7 @@ fn open_decoder<'a>(
 fn read_orientation(decoder: &mut impl ImageDecoder) -> (Orientation, Option<u16>) {
     let chunk = decoder.exif_metadata().ok().flatten();
     if let Some(chunk) = chunk {
-        return match Orientation::from_exif_chunk(&chunk) {
-            Some(o) => (o, Some(u16::from(o.to_exif()))),
-            None => (Orientation::NoTransforms, None),
-        };
+        return orientation_from_exif(&chunk);
     }
 
     // TIFF keeps its orientation as a tag of the image itself rather than
@@ -621,6 +599,15 @@ fn read_orientation(decoder: &mut impl ImageDecoder) -> (Orientation, Option<u16
     match decoder.orientation() {
         Ok(Orientation::NoTransforms) | Err(_) => (Orientation::NoTransforms, None),
         Ok(o) => (o, Some(u16::from(o.to_exif()))),
+    }
+}
+
+/// Reads the orientation tag from EXIF TIFF data, treating a missing,
+/// unreadable or out-of-range tag as "no orientation".
+fn orientation_from_exif(tiff: &[u8]) -> (Orientation, Option<u16>) {
+    match Orientation::from_exif_chunk(tiff) {
+        Some(o) => (o, Some(u16::from(o.to_exif()))),
+        None => (Orientation::NoTransforms, None),
     }
 }
 
@@ -714,7 +701,7 @@ impl Sample for u16 {
 /// Composites interleaved samples onto white and rounds them to 8 bits.
 /// `channels` is 1 (gray), 2 (gray, alpha), 3 (RGB) or 4 (RGBA).
 fn composite<T: Sample>(width: u32, height: u32, raw: &[T], channels: usize) -> (RgbImage, bool) {
-    let has_alpha = channels % 2 == 0;
+    let has_alpha = matches!(channels, 2 | 4);
     let mut out = Vec::with_capacity(raw.len() / channels * 3);
     let mut had_alpha = false;
 
@@ -859,7 +846,7 @@ fn png_has_actl(bytes: &[u8]) -> bool {
 /// Resize and normalisation settings for the vision encoder.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PreprocessConfig {
-    /// Output side length; images are resized to `size`×`size`.
+    /// Output side length: images are resized to `size`×`size`.
     pub size: u32,
     /// Per-channel mean, in units of the 0–1 range.
     pub mean: [f32; 3],
@@ -881,7 +868,7 @@ impl PreprocessConfig {
         }
     }
 
-    /// Length of the CHW buffer this configuration fills.
+    /// Returns the length of the CHW buffer this configuration fills.
     pub fn output_len(&self) -> usize {
         3 * self.size as usize * self.size as usize
     }
@@ -896,7 +883,7 @@ impl Default for PreprocessConfig {
 /// Failure to preprocess an image.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PreprocessError {
-    /// The output buffer does not hold exactly 3·size·size values.
+    /// The output buffer does not contain exactly 3·size·size values.
     #[error("output buffer has {got} values, expected {expected}")]
     BufferLength {
         /// Required length.
@@ -1045,7 +1032,7 @@ impl Preprocessor {
         }
 
         // PIL keeps the intermediate as u8, so overshoot past 255 is clipped
-        // before the vertical pass; the resizer already clamps below 0.
+        // before the vertical pass. The resizer already clamps below 0.
         for px in &mut self.horizontal {
             px.0 = px.0.map(|c| c.min(255));
         }
@@ -1152,9 +1139,9 @@ fn write_chw(resized: &[u8], lut: &[[f32; 256]; 3], out: &mut [f32]) {
     }
 }
 
-/// One-off preprocessing of `rgb` into `out` (CHW, 3·size·size values).
+/// Preprocesses `rgb` into `out` (CHW, 3·size·size values) in one call.
 ///
-/// Builds a fresh [`Preprocessor`] each call; code that processes many
+/// Builds a fresh [`Preprocessor`] each call. Code that processes many
 /// images should keep one and call [`Preprocessor::run`] to reuse buffers.
 pub fn preprocess(
     rgb: &RgbImage,

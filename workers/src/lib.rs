@@ -4,6 +4,7 @@
 pub mod blip;
 pub mod caption;
 pub mod error;
+pub mod filter;
 pub mod image;
 
 pub use caption::{Caption, CaptionSettings, Captioner, Decoding};

@@ -149,3 +149,67 @@ fn sampling_is_seeded_and_batch_independent() {
     let distinct: std::collections::HashSet<_> = batched.iter().flatten().map(|s| s.tokens.clone()).collect();
     assert!(distinct.len() > 3, "samples of one image differ: {distinct:?}");
 }
+
+#[test]
+fn mixed_prompt_lengths_match_rows_alone() {
+    let (_, tensors) = reference();
+    let pixel_values = &tensors["pixel_values"];
+    let prompts = vec![Some("a picture of ".to_string()), Some(String::new()), Some("a close up photograph of a very large".to_string())];
+    let seeds = [5u64, 6, 7];
+
+    for decoding in [Decoding::Greedy, Decoding::Beam, Decoding::Sample] {
+        let settings = CaptionSettings { decoding, num_captions: 2, min_length: 5, ..CaptionSettings::default() };
+        let captioner = captioner(settings);
+
+        let batched = captioner.generate_with_prompts(pixel_values, &seeds, &prompts).unwrap();
+
+        for image in 0..3 {
+            let alone = captioner
+                .generate_with_prompts(&pixel_values.narrow(0, image, 1).unwrap(), &seeds[image..=image], &prompts[image..=image])
+                .unwrap();
+            for (single, in_batch) in alone[0].iter().zip(&batched[image]) {
+                assert_eq!(single.tokens, in_batch.tokens, "{decoding:?}: image {image} with its own prompt length, alone vs batched");
+                assert_eq!(single.stop, in_batch.stop);
+                let score_gap = (single.score.unwrap_or(0.0) - in_batch.score.unwrap_or(0.0)).abs();
+                assert!(score_gap < 1e-4, "{decoding:?}: image {image} beam score differs by {score_gap}");
+            }
+        }
+        let prompt_lengths: Vec<usize> = batched.iter().map(|s| s[0].tokens.iter().take_while(|&&t| t != 0).count()).collect();
+        assert!(batched.iter().all(|s| s[0].tokens[0] == 30522), "every row starts with [DEC]");
+        assert_eq!(prompt_lengths.len(), 3);
+    }
+}
+
+#[test]
+fn stop_reasons_recorded() {
+    let (reference, tensors) = reference();
+    let case = &reference["cases"]["a_greedy_noprompt"];
+    let captioner = captioner(settings_for(case));
+
+    let sequences = captioner.generate(&tensors["pixel_values"], &[]).unwrap();
+
+    for (image, expected) in ids(&case["single_output_ids"]).iter().enumerate() {
+        let sequence = &sequences[image][0];
+        if expected.last() == Some(&102) {
+            assert_eq!(sequence.stop, capfilt_workers::blip::StopReason::EndToken, "image {image} ended with [SEP]");
+        } else {
+            assert_eq!(expected.len(), 20, "a reference row without [SEP] runs to max_length");
+            assert_eq!(sequence.stop, capfilt_workers::blip::StopReason::MaxLength, "image {image} never emitted [SEP]");
+        }
+    }
+    assert!(sequences.iter().any(|s| s[0].stop == capfilt_workers::blip::StopReason::MaxLength), "the fixture has a row that never ends");
+}
+
+#[test]
+fn prompt_filling_max_length_returns_prompt() {
+    let (_, tensors) = reference();
+    let settings = CaptionSettings { decoding: Decoding::Greedy, max_length: 6, min_length: 0, ..CaptionSettings::default() };
+    let captioner = captioner(settings);
+    let long_prompt = Some("one two three four five six seven".to_string());
+
+    let sequences = captioner.generate_with_prompts(&tensors["pixel_values"], &[1, 2, 3], &[long_prompt, None, None]).unwrap();
+
+    assert_eq!(sequences[0][0].stop, capfilt_workers::blip::StopReason::MaxLength);
+    assert_eq!(sequences[0][0].tokens.len(), 8, "[DEC] and seven words, nothing generated");
+    assert!(sequences[1][0].tokens.len() <= 6);
+}

@@ -205,7 +205,8 @@ fn warm_preprocessor_reuses_buffers() {
 
     let (result, stats) = measure(|| preprocessor.run(&second, &mut out));
     result.unwrap();
-    // The resizer still builds its small coefficient tables per call; what
+
+    // The resizer still builds its small coefficient tables per call. What
     // must not recur is an image-sized buffer.
     println!(
         "warm run: {} allocations, largest {} bytes",
@@ -276,16 +277,15 @@ fn max_f32_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// Returns the levels by which our decode may differ from PIL's. The resized
-/// result is allowed the same, and at least the resize's own one level.
+/// Returns the levels by which our decode may differ from PIL's.
 ///
-/// Lossless formats decode identically. JPEG decoders are not bit-identical:
-/// zune-jpeg, which the image crate uses, rounds its IDCT and especially its
-/// 4:2:0 chroma upsampling differently from libjpeg-turbo, which PIL uses,
-/// and moves decoded samples by up to 4 levels on the astronaut fixture.
+/// Lossless formats decode identically. JPEG goes through libjpeg-turbo's
+/// decoder, as in PIL, and matches exactly on the fixtures. The one level
+/// allowed there covers a different libjpeg-turbo release in a regenerated
+/// fixture, which the requirement (one level per pixel) still accepts.
 fn decode_tolerance(format: ImageFormatName) -> u8 {
     match format {
-        ImageFormatName::Jpeg => 4,
+        ImageFormatName::Jpeg => 1,
         _ => 0,
     }
 }
@@ -323,10 +323,11 @@ fn preprocessing_matches_reference() {
         preprocessor.run(&decoded.rgb, &mut out).unwrap();
         let values_diff = max_f32_diff(&out, &reference_values);
 
-        // One uint8 level after normalisation in the channel with the smallest
-        // std, times the allowed levels, plus float rounding slack.
+        // The requirement is one uint8 level per pixel, whatever the format:
+        // after normalisation that is 1/255 divided by the smallest std, plus
+        // float rounding slack.
         let allowed = decode_tolerance(decoded.format);
-        let levels = 1.max(allowed);
+        let levels: u8 = 1;
         let value_tolerance = f32::from(levels) / 255.0 / std_min + 1e-5;
 
         println!(
@@ -382,5 +383,32 @@ fn resize_of_reference_decode_matches() {
 
         println!("{name}: resize of PIL's decode, max diff {diff}");
         assert!(diff <= 1, "{name}: resize differs by {diff} levels");
+    }
+}
+
+/// Prints how long [`decode`] takes per committed photo: the median of 21
+/// runs after one warm-up. Timing depends on the machine, so this only
+/// reports. Run it with `--ignored --nocapture`.
+#[test]
+#[ignore = "timing report, not a check"]
+fn decode_timing() {
+    for (_, photo_path) in reference_cases() {
+        let bytes = std::fs::read(&photo_path).unwrap();
+        decode(&bytes, &DecodeLimits::default()).unwrap();
+
+        let mut runs: Vec<Duration> = (0..21)
+            .map(|_| {
+                let started = Instant::now();
+                decode(&bytes, &DecodeLimits::default()).unwrap();
+                started.elapsed()
+            })
+            .collect();
+        runs.sort();
+
+        let name = photo_path.file_name().unwrap().to_string_lossy();
+        println!(
+            "{name}: median decode {:?}, fastest {:?}",
+            runs[10], runs[0]
+        );
     }
 }

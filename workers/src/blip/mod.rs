@@ -1,6 +1,7 @@
 //! BLIP on candle: the captioning model and its decoding strategies.
 
 pub mod config;
+pub mod itm;
 pub mod model;
 pub mod search;
 pub mod text;

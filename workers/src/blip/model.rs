@@ -114,35 +114,102 @@ impl CaptionModel {
             model: self,
             image: self.text.image_keys_values(image_embeds)?,
             cache: SelfCache::new(self.text.num_layers()),
+            padding: Vec::new(),
+            key_mask: None,
             device: image_embeds.device().clone(),
         })
     }
 }
 
-/// Decoding state of one batch: cross-attention keys/values per image and the self-attention
-/// cache per row.
+/// Additive mask value for padded keys. It is finite, unlike the causal mask's `-inf`, so a
+/// padding query whose every visible key is padding still gets a defined softmax.
+const PADDING_MASK: f32 = -1.0e9;
+
+/// Decoding state of one batch: cross-attention keys/values per image, the self-attention cache
+/// per row, and each row's left padding.
 pub struct Decoder<'a> {
     model: &'a CaptionModel,
     image: ImageKeyValues,
     cache: SelfCache,
+    /// Left padding tokens per row; prompts shorter than the batch's longest are padded.
+    padding: Vec<u32>,
+    /// Additive key mask `[rows, cached tokens]`, present only when some row is padded.
+    key_mask: Option<Tensor>,
     device: Device,
 }
 
 impl Decoder<'_> {
     /// Last-position logits `[rows, vocab]` after feeding `input_ids` `[rows, tokens]`.
     pub fn logits(&mut self, input_ids: &Tensor, group: usize) -> candle_core::Result<Tensor> {
-        let mode = AttentionMode::Decoder { cache: &mut self.cache, image: &self.image, group };
+        let (rows, tokens) = input_ids.dims2()?;
+        let past = self.cache.len();
+        let positions = self.positions(rows, past, tokens)?;
+        let key_mask = self.extend_key_mask(rows, tokens)?;
+        let key_mask = key_mask.map(|m| m.reshape((rows, 1, 1, past + tokens))).transpose()?;
+
+        let mode = AttentionMode::Decoder {
+            cache: &mut self.cache,
+            image: &self.image,
+            group,
+            positions: &positions,
+            key_mask: key_mask.as_ref(),
+        };
         let hidden = self.model.text.forward(input_ids, mode)?;
         self.model.head.forward(&last_token(&hidden)?)
+    }
+
+    /// Position ids `[rows, tokens]`: each row counts from its first real token, so a padded row
+    /// sees the positions it would see alone.
+    fn positions(&self, rows: usize, past: usize, tokens: usize) -> candle_core::Result<Tensor> {
+        let padding = |row: usize| self.padding.get(row).copied().unwrap_or(0) as usize;
+        let ids: Vec<u32> = (0..rows)
+            .flat_map(|row| (past..past + tokens).map(move |t| t.saturating_sub(padding(row)) as u32))
+            .collect();
+        Tensor::from_vec(ids, (rows, tokens), &self.device)
+    }
+
+    /// Appends the new tokens to the key mask: padding positions are hidden, real tokens visible.
+    fn extend_key_mask(&mut self, rows: usize, tokens: usize) -> candle_core::Result<Option<Tensor>> {
+        if self.key_mask.is_none() && self.padding.iter().all(|&p| p == 0) {
+            return Ok(None);
+        }
+        let past = self.cache.len();
+        let values: Vec<f32> = (0..rows)
+            .flat_map(|row| {
+                let padding = self.padding.get(row).copied().unwrap_or(0) as usize;
+                (past..past + tokens).map(move |t| if t < padding { PADDING_MASK } else { 0.0 })
+            })
+            .collect();
+        let new = Tensor::from_vec(values, (rows, tokens), &self.device)?;
+        let mask = match self.key_mask.take() {
+            Some(old) => Tensor::cat(&[&old, &new], 1)?,
+            None => new,
+        };
+        self.key_mask = Some(mask.clone());
+        Ok(Some(mask))
+    }
+
+    fn logits_to_host(&mut self, input_ids: Tensor, group: usize) -> candle_core::Result<Vec<f32>> {
+        let logits = self.logits(&input_ids, group)?;
+        logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
     }
 }
 
 impl StepDecoder for Decoder<'_> {
-    fn step(&mut self, tokens: &[u32], new_tokens: usize, group: usize) -> candle_core::Result<Vec<f32>> {
-        let rows = tokens.len() / new_tokens;
-        let input_ids = Tensor::from_slice(tokens, (rows, new_tokens), &self.device)?;
-        let logits = self.logits(&input_ids, group)?;
-        logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
+    fn prefill(&mut self, prompts: &[Vec<u32>], group: usize, pad_token: u32) -> candle_core::Result<Vec<f32>> {
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        self.padding = prompts.iter().map(|p| (longest - p.len()) as u32).collect();
+        let ids: Vec<u32> = prompts
+            .iter()
+            .flat_map(|prompt| std::iter::repeat_n(pad_token, longest - prompt.len()).chain(prompt.iter().copied()))
+            .collect();
+        let input_ids = Tensor::from_vec(ids, (prompts.len(), longest), &self.device)?;
+        self.logits_to_host(input_ids, group)
+    }
+
+    fn step(&mut self, tokens: &[u32], group: usize) -> candle_core::Result<Vec<f32>> {
+        let input_ids = Tensor::from_slice(tokens, (tokens.len(), 1), &self.device)?;
+        self.logits_to_host(input_ids, group)
     }
 
     fn select(&mut self, images: &[u32], rows: &[u32]) -> candle_core::Result<()> {
@@ -153,6 +220,12 @@ impl StepDecoder for Decoder<'_> {
         if !rows.is_empty() {
             let indices = Tensor::from_slice(rows, rows.len(), &self.device)?;
             self.cache.select_rows(&indices)?;
+            if let Some(mask) = &self.key_mask {
+                self.key_mask = Some(mask.index_select(&indices, 0)?);
+            }
+            if !self.padding.is_empty() {
+                self.padding = rows.iter().map(|&r| self.padding[r as usize]).collect();
+            }
         }
         Ok(())
     }

@@ -13,9 +13,13 @@ use rand_chacha::ChaCha8Rng;
 
 /// Runs the text decoder one step at a time for a set of rows laid out image-major.
 pub trait StepDecoder {
-    /// Feeds `new_tokens` tokens per row (row-major, `rows * new_tokens` ids) where `group` rows
-    /// share each image, and returns the last position's logits, `rows * vocab` values.
-    fn step(&mut self, tokens: &[u32], new_tokens: usize, group: usize) -> Result<Vec<f32>>;
+    /// Feeds each row's prompt (left-padded with `pad_token` to the longest, padding hidden from
+    /// attention) where `group` rows share each image, and returns the last position's logits,
+    /// `rows * vocab` values.
+    fn prefill(&mut self, prompts: &[Vec<u32>], group: usize, pad_token: u32) -> Result<Vec<f32>>;
+
+    /// Feeds one token per row and returns the logits, `rows * vocab` values.
+    fn step(&mut self, tokens: &[u32], group: usize) -> Result<Vec<f32>>;
 
     /// Keeps the cached rows at `rows` (indices into the current rows, repeats allowed) and the
     /// images at `images` (indices into the current images, in order).
@@ -59,6 +63,8 @@ pub struct SearchLimits {
     pub min_length: usize,
     pub repetition_penalty: f32,
     pub end_token: u32,
+    /// Token placed left of shorter prompts in a batch (`[PAD]`); never attended to.
+    pub pad_token: u32,
 }
 
 /// Beam search settings beyond [`SearchLimits`].
@@ -110,19 +116,16 @@ fn argmax(scores: &[f32]) -> usize {
     best
 }
 
-/// Greedy decoding of `prompts.len()` images that all start from `prompt`. A finished image's row
-/// is dropped from the decoder so it costs nothing further.
-pub fn greedy(decoder: &mut impl StepDecoder, prompt: &[u32], images: usize, limits: &SearchLimits) -> Result<Vec<Sequence>> {
+/// Greedy decoding of one image per prompt. Lengths count each row's own prompt. A finished
+/// image's row is dropped from the decoder so it costs nothing further.
+pub fn greedy(decoder: &mut impl StepDecoder, prompts: &[Vec<u32>], limits: &SearchLimits) -> Result<Vec<Sequence>> {
     let vocab = decoder.vocab_size();
-    let mut sequences: Vec<Vec<u32>> = vec![prompt.to_vec(); images];
-    let mut finished: Vec<Option<StopReason>> = vec![None; images];
-    let mut active: Vec<usize> = (0..images).collect();
-    let mut feed: Vec<u32> = sequences.iter().flatten().copied().collect();
-    let mut new_tokens = prompt.len();
+    let mut sequences: Vec<Vec<u32>> = prompts.to_vec();
+    let mut finished: Vec<Option<StopReason>> = vec![None; prompts.len()];
+    let mut active: Vec<usize> = (0..prompts.len()).collect();
+    let mut logits = decoder.prefill(prompts, 1, limits.pad_token)?;
 
-    while !active.is_empty() && sequences[active[0]].len() < limits.max_length {
-        let mut logits = decoder.step(&feed, new_tokens, 1)?;
-
+    loop {
         let mut still_active = Vec::with_capacity(active.len());
         for (row, &image) in active.iter().enumerate() {
             let scores = &mut logits[row * vocab..(row + 1) * vocab];
@@ -139,12 +142,15 @@ pub fn greedy(decoder: &mut impl StepDecoder, prompt: &[u32], images: usize, lim
             }
         }
 
+        if still_active.is_empty() {
+            break;
+        }
         if still_active.len() != active.len() {
             decoder.select(&still_active, &still_active)?;
         }
         active = still_active.iter().map(|&row| active[row as usize]).collect();
-        feed = active.iter().map(|&image| *sequences[image].last().expect("sequences start with a prompt")).collect();
-        new_tokens = 1;
+        let feed: Vec<u32> = active.iter().map(|&image| *sequences[image].last().expect("sequences start with a prompt")).collect();
+        logits = decoder.step(&feed, 1)?;
     }
 
     Ok(sequences
@@ -289,28 +295,18 @@ impl BeamImage {
     }
 }
 
-/// Beam search over `images` images that all start from `prompt`, returning the best finished
-/// hypothesis per image. An image whose search can no longer improve is dropped from the
-/// decoder; transformers keeps computing it but discards the results, so tokens are the same.
-pub fn beam_search(
-    decoder: &mut impl StepDecoder,
-    prompt: &[u32],
-    images: usize,
-    limits: &SearchLimits,
-    beam: &BeamSettings,
-) -> Result<Vec<Sequence>> {
+/// Beam search, one image per prompt, returning the best finished hypothesis per image. An image
+/// whose search can no longer improve is dropped from the decoder; transformers keeps computing
+/// it but discards the results, so tokens are the same.
+pub fn beam_search(decoder: &mut impl StepDecoder, prompts: &[Vec<u32>], limits: &SearchLimits, beam: &BeamSettings) -> Result<Vec<Sequence>> {
     let vocab = decoder.vocab_size();
-    let mut states: Vec<BeamImage> = (0..images).map(|_| BeamImage::new(prompt, beam.num_beams)).collect();
-    let mut active: Vec<usize> = (0..images).collect();
-    let mut feed: Vec<u32> = (0..images).flat_map(|_| prompt.iter().copied()).collect();
-    let mut new_tokens = prompt.len();
+    let mut states: Vec<BeamImage> = prompts.iter().map(|prompt| BeamImage::new(prompt, beam.num_beams)).collect();
+    let mut active: Vec<usize> = (0..prompts.len()).collect();
     let mut group = 1;
-    let mut all_hit_stop = false;
+    let mut logits = decoder.prefill(prompts, 1, limits.pad_token)?;
 
-    while !active.is_empty() && !all_hit_stop {
-        let logits = decoder.step(&feed, new_tokens, group)?;
-
-        all_hit_stop = true;
+    loop {
+        let mut all_hit_stop = true;
         for (slot, &image) in active.iter().enumerate() {
             let state = &mut states[image];
             let mut log_probs = logits[slot * group * vocab..(slot + 1) * group * vocab].to_vec();
@@ -319,16 +315,19 @@ pub fn beam_search(
                 log_softmax_in_place(row);
                 process_scores(row, &hypothesis.tokens, limits);
             }
-            state.advance(&log_probs, vocab, prompt.len(), limits, beam);
+            state.advance(&log_probs, vocab, prompts[image].len(), limits, beam);
             all_hit_stop &= state.running.iter().all(|h| h.score <= NEG_LARGE / 2.0);
         }
 
         let (kept_images, rows) = next_rows(&states, &active, group, beam);
+        if kept_images.is_empty() || all_hit_stop {
+            break;
+        }
         decoder.select(&kept_images, &rows)?;
         active = kept_images.iter().map(|&slot| active[slot as usize]).collect();
-        feed = active.iter().flat_map(|&image| states[image].running.iter().map(|h| *h.tokens.last().expect("non-empty"))).collect();
-        new_tokens = 1;
         group = beam.num_beams;
+        let feed: Vec<u32> = active.iter().flat_map(|&image| states[image].running.iter().map(|h| *h.tokens.last().expect("non-empty"))).collect();
+        logits = decoder.step(&feed, group)?;
     }
 
     Ok(states.iter().map(|state| state.best(limits.end_token)).collect())
@@ -415,62 +414,61 @@ pub fn sample_rng(image_seed: u64, sample: usize) -> ChaCha8Rng {
     rng
 }
 
-/// Nucleus sampling of `settings.num_samples` captions for each of `seeds.len()` images. The
-/// samples of an image share its cross-attention keys and values; an image leaves the batch
-/// once all its samples have ended.
+/// Nucleus sampling of `settings.num_samples` captions for each image (one prompt and one seed
+/// per image). The samples of an image share its cross-attention keys and values; an image
+/// leaves the batch once all its samples have ended.
 pub fn sample(
     decoder: &mut impl StepDecoder,
-    prompt: &[u32],
+    prompts: &[Vec<u32>],
     seeds: &[u64],
     limits: &SearchLimits,
     settings: &SampleSettings,
 ) -> Result<Vec<Vec<Sequence>>> {
     let vocab = decoder.vocab_size();
     let group = settings.num_samples;
-    let images = seeds.len();
-    let mut rows: Vec<Vec<u32>> = vec![prompt.to_vec(); images * group];
+    let images = prompts.len();
+    let mut rows: Vec<Vec<u32>> = (0..images * group).map(|r| prompts[r / group].clone()).collect();
     let mut stops: Vec<Option<StopReason>> = vec![None; images * group];
     let mut rngs: Vec<ChaCha8Rng> = (0..images * group).map(|r| sample_rng(seeds[r / group], r % group)).collect();
     let mut active: Vec<usize> = (0..images).collect();
-    let mut feed: Vec<u32> = rows.iter().flatten().copied().collect();
-    let mut new_tokens = prompt.len();
+    let mut logits = decoder.prefill(&rows, group, limits.pad_token)?;
 
-    while !active.is_empty() && rows[active[0] * group].len() < limits.max_length {
-        let mut logits = decoder.step(&feed, new_tokens, group)?;
-
+    loop {
         for (slot, &image) in active.iter().enumerate() {
             for sample in 0..group {
                 let row = image * group + sample;
+                if stops[row].is_some() {
+                    continue;
+                }
                 let scores = &mut logits[(slot * group + sample) * vocab..(slot * group + sample + 1) * vocab];
-                let token = if stops[row].is_some() {
-                    limits.end_token
-                } else {
-                    process_scores(scores, &rows[row], limits);
-                    warp_scores(scores, settings);
-                    draw(scores, &mut rngs[row])
-                };
-                if stops[row].is_none() {
-                    rows[row].push(token);
-                    if token == limits.end_token {
-                        stops[row] = Some(StopReason::EndToken);
-                    } else if rows[row].len() >= limits.max_length {
-                        stops[row] = Some(StopReason::MaxLength);
-                    }
+                process_scores(scores, &rows[row], limits);
+                warp_scores(scores, settings);
+                let token = draw(scores, &mut rngs[row]);
+                rows[row].push(token);
+                if token == limits.end_token {
+                    stops[row] = Some(StopReason::EndToken);
+                } else if rows[row].len() >= limits.max_length {
+                    stops[row] = Some(StopReason::MaxLength);
                 }
             }
         }
 
         let (kept, selected) = unfinished_groups(&active, &stops, group);
+        if kept.is_empty() {
+            break;
+        }
         if kept.len() != active.len() {
             decoder.select(&kept, &selected)?;
         }
         active = kept.iter().map(|&slot| active[slot as usize]).collect();
-        feed = active
+        // A finished sample keeps its row (the image's other samples still run) and is fed the
+        // end token; its output is ignored.
+        let feed: Vec<u32> = active
             .iter()
             .flat_map(|&image| (0..group).map(move |s| image * group + s))
-            .map(|row| *rows[row].last().expect("rows start with the prompt"))
+            .map(|row| if stops[row].is_some() { limits.end_token } else { *rows[row].last().expect("rows start with the prompt") })
             .collect();
-        new_tokens = 1;
+        logits = decoder.step(&feed, group)?;
     }
 
     let mut sequences = rows.into_iter().zip(stops).map(|(tokens, stop)| Sequence { tokens, stop: stop.unwrap_or(StopReason::MaxLength), score: None });

@@ -78,8 +78,17 @@ impl SelfCache {
 
 /// How a text forward pass attends.
 pub enum AttentionMode<'a> {
-    /// Causal decoding that appends to `cache`; cross-attends to images shared by `group` rows each.
-    Decoder { cache: &'a mut SelfCache, image: &'a ImageKeyValues, group: usize },
+    /// Causal decoding that appends to `cache`; cross-attends to images shared by `group` rows
+    /// each. `positions` (`[rows, tokens]`) are the new tokens' position ids, and `key_mask`
+    /// (`[rows, 1, 1, past + tokens]`, additive) hides left padding when rows have prompts of
+    /// different lengths.
+    Decoder {
+        cache: &'a mut SelfCache,
+        image: &'a ImageKeyValues,
+        group: usize,
+        positions: &'a Tensor,
+        key_mask: Option<&'a Tensor>,
+    },
     /// Bidirectional encoding with an additive padding mask `[rows, 1, 1, tokens]`, optionally
     /// cross-attending to one image per row.
     Encoder { mask: &'a Tensor, image: Option<&'a ImageKeyValues> },
@@ -100,12 +109,10 @@ impl Embeddings {
         })
     }
 
-    fn forward(&self, input_ids: &Tensor, first_position: usize) -> Result<Tensor> {
-        let tokens = input_ids.dim(1)?;
-        let positions = Tensor::arange(first_position as u32, (first_position + tokens) as u32, input_ids.device())?;
-
+    /// Embeds `input_ids` at `positions` (`[tokens]` shared by all rows, or `[rows, tokens]`).
+    fn forward(&self, input_ids: &Tensor, positions: &Tensor) -> Result<Tensor> {
         let words = self.word_embeddings.forward(input_ids)?;
-        let positions = self.position_embeddings.forward(&positions)?;
+        let positions = self.position_embeddings.forward(positions)?;
 
         words.broadcast_add(&positions)?.apply(&self.layer_norm)
     }
@@ -183,6 +190,8 @@ impl SelfAttention {
         })
     }
 
+    /// With a cache, attends causally and `mask` (if any) hides padded keys; without one, `mask`
+    /// is the encoder's padding mask.
     fn forward(&self, xs: &Tensor, cache: Option<&mut Option<KeyValue>>, mask: Option<&Tensor>) -> Result<Tensor> {
         let p = &self.projections;
         let query = p.split_heads(&xs.apply(&p.query)?)?;
@@ -200,7 +209,13 @@ impl SelfAttention {
                 };
                 let tokens = xs.dim(1)?;
                 let causal = if tokens > 1 { Some(causal_mask(past, tokens, xs.device())?) } else { None };
-                let context = attend(&query, &kv, p.scale(), causal.as_ref())?;
+                let combined = match (causal, mask) {
+                    (Some(causal), Some(keys)) => Some(keys.broadcast_add(&causal)?),
+                    (Some(causal), None) => Some(causal),
+                    (None, Some(keys)) => Some(keys.clone()),
+                    (None, None) => None,
+                };
+                let context = attend(&query, &kv, p.scale(), combined.as_ref())?;
                 *slot = Some(kv);
                 context
             }
@@ -315,17 +330,19 @@ impl TextModel {
     /// Runs the text layers over `input_ids` `[rows, tokens]`, returning `[rows, tokens, width]`.
     pub fn forward(&self, input_ids: &Tensor, mode: AttentionMode) -> Result<Tensor> {
         match mode {
-            AttentionMode::Decoder { cache, image, group } => {
-                let mut xs = self.embeddings.forward(input_ids, cache.len())?;
+            AttentionMode::Decoder { cache, image, group, positions, key_mask } => {
+                let mut xs = self.embeddings.forward(input_ids, positions)?;
                 for (i, layer) in self.layers.iter().enumerate() {
-                    xs = layer.attention.forward(&xs, Some(&mut cache.layers[i]), None)?;
+                    xs = layer.attention.forward(&xs, Some(&mut cache.layers[i]), key_mask)?;
                     xs = layer.cross_attention.forward(&xs, &image.layers[i], group)?;
                     xs = layer.feed_forward(&xs)?;
                 }
                 Ok(xs)
             }
             AttentionMode::Encoder { mask, image } => {
-                let mut xs = self.embeddings.forward(input_ids, 0)?;
+                let tokens = input_ids.dim(1)?;
+                let positions = Tensor::arange(0u32, tokens as u32, input_ids.device())?;
+                let mut xs = self.embeddings.forward(input_ids, &positions)?;
                 for (i, layer) in self.layers.iter().enumerate() {
                     xs = layer.attention.forward(&xs, None, Some(mask))?;
                     if let Some(image) = image {

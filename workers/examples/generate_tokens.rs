@@ -1,0 +1,233 @@
+//! Runs capfilt's captioner on preprocessed pixel values and prints the generated token ids as
+//! JSON, for comparison with transformers' `generate()` (see `tests/fixtures/compare_large.py`
+//! and `docs/model-parity.md`).
+//!
+//! ```text
+//! cargo run -p capfilt-workers --example generate_tokens -- \
+//!     --model DIR --pixels FILE.safetensors --decoding greedy|beam \
+//!     [--num-beams 3] [--max-length 20] [--min-length 5] [--prompt "a picture of "] \
+//!     [--mode both|batched|single] [--dump OUT.safetensors]
+//! ```
+//!
+//! `FILE.safetensors` must hold a float tensor `pixel_values` of shape `[N, 3, S, S]` (or
+//! `[3, S, S]` for one image), already preprocessed as BLIP's image processor does. The batch is
+//! captioned in one call (`batched`) and then one image per call (`single`). The JSON on stdout
+//! has the token ids of every sequence, the prompt included and the final `[SEP]` included when
+//! the model emitted it, and the wall time of each call. The model runs in float32 on the CPU.
+//! Options not given keep `CaptionSettings::default()`, so greedy decoding also gets
+//! `--min-length 5` and the prompt unless `--min-length 0` and `--prompt ""` are passed.
+//!
+//! With `--dump`, the vision encoder output (`vision_last_hidden_state`, `[N, tokens, width]`) and
+//! the decoder logits for the first position after the prompt (`first_step_logits`, `[N, vocab]`)
+//! are also written to `OUT.safetensors`, for a numeric comparison.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use capfilt_workers::blip::{CheckpointFiles, Sequence};
+use capfilt_workers::{CaptionSettings, Captioner, Decoding};
+use serde_json::{json, Value};
+
+const USAGE: &str =
+    "usage: generate_tokens --model DIR --pixels FILE.safetensors --decoding greedy|beam \
+[--num-beams N] [--max-length N] [--min-length N] [--prompt TEXT] [--mode both|batched|single] \
+[--dump OUT.safetensors]";
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Both,
+    Batched,
+    Single,
+}
+
+struct Args {
+    model: PathBuf,
+    pixels: PathBuf,
+    settings: CaptionSettings,
+    mode: Mode,
+    dump: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut model = None;
+    let mut pixels = None;
+    let mut decoding = None;
+    let mut mode = Mode::Both;
+    let mut dump = None;
+    // Options not given keep the library defaults (3 beams, max 20, min 5, prompt "a picture of "),
+    // with greedy decoding too, where transformers' own default min_length is 0.
+    let mut settings = CaptionSettings::default();
+
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        if flag == "-h" || flag == "--help" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let number = |v: &str| {
+            v.parse::<usize>()
+                .with_context(|| format!("{flag}: not a whole number: {v:?}"))
+        };
+        match flag.as_str() {
+            "--model" => model = Some(PathBuf::from(value)),
+            "--pixels" => pixels = Some(PathBuf::from(value)),
+            "--decoding" => {
+                decoding = Some(match value.as_str() {
+                    "greedy" => Decoding::Greedy,
+                    "beam" => Decoding::Beam,
+                    other => bail!("invalid --decoding {other:?}: expected greedy or beam"),
+                })
+            }
+            "--num-beams" => settings.num_beams = number(&value)?,
+            "--max-length" => settings.max_length = number(&value)?,
+            "--min-length" => settings.min_length = number(&value)?,
+            "--prompt" => settings.prompt = value,
+            "--mode" => {
+                mode = match value.as_str() {
+                    "both" => Mode::Both,
+                    "batched" => Mode::Batched,
+                    "single" => Mode::Single,
+                    other => bail!("invalid --mode {other:?}: expected both, batched or single"),
+                }
+            }
+            "--dump" => dump = Some(PathBuf::from(value)),
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+
+    settings.decoding = decoding.with_context(|| format!("--decoding is required\n{USAGE}"))?;
+    if settings.decoding == Decoding::Greedy {
+        settings.num_beams = 1;
+    }
+    Ok(Args {
+        model: model.with_context(|| format!("--model is required\n{USAGE}"))?,
+        pixels: pixels.with_context(|| format!("--pixels is required\n{USAGE}"))?,
+        settings,
+        mode,
+        dump,
+    })
+}
+
+fn read_pixels(path: &PathBuf) -> Result<Tensor> {
+    let mut tensors = candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let pixels = tensors
+        .remove("pixel_values")
+        .with_context(|| format!("{} has no tensor named pixel_values", path.display()))?;
+    let pixels = match pixels.rank() {
+        3 => pixels.unsqueeze(0)?,
+        4 => pixels,
+        _ => bail!(
+            "invalid pixel_values shape {:?}: expected [N, 3, S, S] or [3, S, S]",
+            pixels.dims()
+        ),
+    };
+    Ok(pixels.to_dtype(DType::F32)?)
+}
+
+fn sequence_json(sequence: &Sequence) -> Value {
+    json!({
+        "tokens": sequence.tokens,
+        "stop": sequence.stop.as_str(),
+        "score": sequence.score,
+    })
+}
+
+/// Runs one `generate` call and returns the first sequence of every image with the elapsed time.
+fn timed_generate(captioner: &Captioner, pixels: &Tensor) -> Result<(Vec<Value>, f64)> {
+    let start = Instant::now();
+    let sequences = captioner.generate(pixels, &[])?;
+    let seconds = start.elapsed().as_secs_f64();
+    let rows = sequences
+        .iter()
+        .map(|per_image| sequence_json(&per_image[0]))
+        .collect();
+    Ok((rows, seconds))
+}
+
+fn run() -> Result<()> {
+    let args = parse_args()?;
+    let settings = args.settings.clone();
+
+    let start = Instant::now();
+    let files = CheckpointFiles::in_dir(&args.model)?;
+    let captioner = Captioner::load(&files, args.settings, &Device::Cpu, DType::F32)?;
+    let load_seconds = start.elapsed().as_secs_f64();
+
+    let pixels = read_pixels(&args.pixels)?;
+    let size = captioner.image_size();
+    if pixels.dim(1)? != 3 || pixels.dim(2)? != size || pixels.dim(3)? != size {
+        bail!(
+            "invalid pixel_values shape {:?}: the model expects [N, 3, {size}, {size}]",
+            pixels.dims()
+        );
+    }
+    let images = pixels.dim(0)?;
+
+    let mut output = json!({
+        "model": args.model.display().to_string(),
+        "pixels": args.pixels.display().to_string(),
+        "images": images,
+        "settings": {
+            "decoding": settings.decoding,
+            "num_beams": settings.num_beams,
+            "max_length": settings.max_length,
+            "min_length": settings.min_length,
+            "prompt": settings.prompt,
+        },
+        "prompt_ids": captioner.prompt_ids(),
+        "device": "cpu",
+        "dtype": "f32",
+        "load_seconds": load_seconds,
+    });
+
+    if args.mode != Mode::Single {
+        let (sequences, seconds) = timed_generate(&captioner, &pixels)?;
+        output["batched"] = json!({ "seconds": seconds, "sequences": sequences });
+    }
+    if args.mode != Mode::Batched {
+        let mut sequences = Vec::with_capacity(images);
+        let mut times = Vec::with_capacity(images);
+        for image in 0..images {
+            let (mut rows, seconds) = timed_generate(&captioner, &pixels.narrow(0, image, 1)?)?;
+            sequences.push(rows.remove(0));
+            times.push(seconds);
+        }
+        let total: f64 = times.iter().sum();
+        output["single"] =
+            json!({ "seconds": total, "seconds_per_call": times, "sequences": sequences });
+    }
+
+    if let Some(path) = &args.dump {
+        let tensors = HashMap::from([
+            (
+                "vision_last_hidden_state",
+                captioner.encode_images(&pixels)?,
+            ),
+            ("first_step_logits", captioner.first_step_logits(&pixels)?),
+        ]);
+        candle_core::safetensors::save(&tensors, path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        output["dump"] = json!(path.display().to_string());
+    }
+
+    println!("{}", serde_json::to_string_pretty(&output)?);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("generate_tokens: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
