@@ -152,6 +152,15 @@ pub struct Settings {
     /// Shortest caption in tokens, prompt included.
     #[arg(long, env = "CAPFILT_MIN_LENGTH")]
     pub min_length: Option<usize>,
+    /// Most generated tokens, prompt not counted (replaces --max-length).
+    #[arg(long, env = "CAPFILT_MAX_NEW_TOKENS")]
+    pub max_new_tokens: Option<usize>,
+    /// Fewest generated tokens before the end token, prompt not counted (replaces --min-length).
+    #[arg(long, env = "CAPFILT_MIN_NEW_TOKENS")]
+    pub min_new_tokens: Option<usize>,
+    /// Forbid repeating any n-gram of this many tokens (0: off).
+    #[arg(long, env = "CAPFILT_NO_REPEAT_NGRAM_SIZE")]
+    pub no_repeat_ngram_size: Option<usize>,
     /// Repetition penalty (1.0 is none).
     #[arg(long, env = "CAPFILT_REPETITION_PENALTY")]
     pub repetition_penalty: Option<f32>,
@@ -265,6 +274,9 @@ impl Settings {
         set(&mut config.caption.seed, self.seed);
         set(&mut config.caption.max_length, self.max_length);
         set(&mut config.caption.min_length, self.min_length);
+        set_some(&mut config.caption.max_new_tokens, self.max_new_tokens);
+        set_some(&mut config.caption.min_new_tokens, self.min_new_tokens);
+        set(&mut config.caption.no_repeat_ngram_size, self.no_repeat_ngram_size);
         set(&mut config.caption.repetition_penalty, self.repetition_penalty);
         set(&mut config.caption.prompt, self.prompt.clone());
 

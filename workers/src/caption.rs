@@ -30,6 +30,11 @@ pub struct CaptionSettings {
     /// Token limits, counted with the prompt as transformers' `max_length`/`min_length` are.
     pub max_length: usize,
     pub min_length: usize,
+    /// Limits on generated tokens alone; when set they replace `max_length`/`min_length`.
+    pub max_new_tokens: Option<usize>,
+    pub min_new_tokens: Option<usize>,
+    /// Forbid repeating any n-gram of this size (0: off).
+    pub no_repeat_ngram_size: usize,
     pub repetition_penalty: f32,
     pub length_penalty: f32,
     pub early_stopping: bool,
@@ -57,6 +62,9 @@ impl Default for CaptionSettings {
             seed: 0,
             max_length: 20,
             min_length: 5,
+            max_new_tokens: None,
+            min_new_tokens: None,
+            no_repeat_ngram_size: 0,
             repetition_penalty: 1.0,
             length_penalty: 1.0,
             early_stopping: false,
@@ -69,6 +77,9 @@ impl CaptionSettings {
     pub fn validate(&self) -> Result<(), ModelError> {
         if self.decoding == Decoding::Beam && self.num_beams == 0 {
             return Err(ModelError::Settings("num_beams must be at least 1".into()));
+        }
+        if self.max_new_tokens == Some(0) {
+            return Err(ModelError::Settings("max_new_tokens must be at least 1".into()));
         }
         if self.max_length == 0 {
             return Err(ModelError::Settings("max_length must be at least 1".into()));
@@ -222,7 +233,8 @@ impl Captioner {
             return Err(ModelError::Settings(format!("{} seeds given for {images} images", seeds.len())));
         }
 
-        let runnable: Vec<u32> = (0..images).filter(|&i| prompts[i].len() < self.settings.max_length).map(|i| i as u32).collect();
+        let max_length = |prompt_len: usize| self.settings.max_new_tokens.map_or(self.settings.max_length, |n| prompt_len + n);
+        let runnable: Vec<u32> = (0..images).filter(|&i| prompts[i].len() < max_length(prompts[i].len())).map(|i| i as u32).collect();
         let mut results: Vec<Vec<Sequence>> = prompts
             .iter()
             .map(|prompt| {
@@ -266,6 +278,9 @@ impl Captioner {
             repetition_penalty: self.settings.repetition_penalty,
             end_token: text_config.sep_token_id,
             pad_token: text_config.pad_token_id,
+            max_new_tokens: self.settings.max_new_tokens,
+            min_new_tokens: self.settings.min_new_tokens,
+            no_repeat_ngram_size: self.settings.no_repeat_ngram_size,
         };
 
         let one_each = |sequences: Vec<Sequence>| sequences.into_iter().map(|s| vec![s]).collect();

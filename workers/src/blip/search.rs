@@ -65,6 +65,25 @@ pub struct SearchLimits {
     pub end_token: u32,
     /// Token placed left of shorter prompts in a batch (`[PAD]`); never attended to.
     pub pad_token: u32,
+    /// Limits on generated tokens alone (the prompt not counted), as transformers'
+    /// `max_new_tokens`/`min_new_tokens`; when set they replace `max_length`/`min_length`.
+    pub max_new_tokens: Option<usize>,
+    pub min_new_tokens: Option<usize>,
+    /// Forbid any n-gram of this size from occurring twice (0 turns it off), as transformers'
+    /// `no_repeat_ngram_size`.
+    pub no_repeat_ngram_size: usize,
+}
+
+impl SearchLimits {
+    /// Longest sequence, prompt included, for a row whose prompt has `prompt_len` tokens.
+    pub fn max_length_for(&self, prompt_len: usize) -> usize {
+        self.max_new_tokens.map_or(self.max_length, |n| prompt_len + n)
+    }
+
+    /// Shortest sequence, prompt included, before the end token is allowed.
+    pub fn min_length_for(&self, prompt_len: usize) -> usize {
+        self.min_new_tokens.map_or(self.min_length, |n| prompt_len + n)
+    }
 }
 
 /// Beam search settings beyond [`SearchLimits`].
@@ -78,8 +97,9 @@ pub struct BeamSettings {
 }
 
 /// Applies the logits processors transformers runs here, in its order: repetition penalty,
-/// then the minimum length (the end token is forbidden while the sequence is too short).
-fn process_scores(scores: &mut [f32], sequence: &[u32], limits: &SearchLimits) {
+/// no-repeat n-grams, then the minimum length (the end token is forbidden while the sequence is
+/// too short).
+fn process_scores(scores: &mut [f32], sequence: &[u32], prompt_len: usize, limits: &SearchLimits) {
     if limits.repetition_penalty != 1.0 {
         // Each distinct token is penalised once, however often it occurs.
         let mut tokens = sequence.to_vec();
@@ -91,9 +111,27 @@ fn process_scores(scores: &mut [f32], sequence: &[u32], limits: &SearchLimits) {
         }
     }
 
-    if sequence.len() < limits.min_length {
+    for token in repeated_ngram_tokens(sequence, limits.no_repeat_ngram_size) {
+        scores[token as usize] = f32::NEG_INFINITY;
+    }
+
+    if sequence.len() < limits.min_length_for(prompt_len) {
         scores[limits.end_token as usize] = f32::NEG_INFINITY;
     }
+}
+
+/// Tokens that would complete an n-gram already present in `sequence` (prompt included, as in
+/// transformers' `NoRepeatNGramLogitsProcessor`).
+fn repeated_ngram_tokens(sequence: &[u32], n: usize) -> Vec<u32> {
+    if n == 0 || sequence.len() + 1 < n {
+        return Vec::new();
+    }
+    let prefix = &sequence[sequence.len() + 1 - n..];
+    sequence
+        .windows(n)
+        .filter(|window| &window[..n - 1] == prefix)
+        .map(|window| window[n - 1])
+        .collect()
 }
 
 fn log_softmax_in_place(scores: &mut [f32]) {
@@ -129,13 +167,13 @@ pub fn greedy(decoder: &mut impl StepDecoder, prompts: &[Vec<u32>], limits: &Sea
         let mut still_active = Vec::with_capacity(active.len());
         for (row, &image) in active.iter().enumerate() {
             let scores = &mut logits[row * vocab..(row + 1) * vocab];
-            process_scores(scores, &sequences[image], limits);
+            process_scores(scores, &sequences[image], prompts[image].len(), limits);
             let token = argmax(scores) as u32;
             sequences[image].push(token);
 
             if token == limits.end_token {
                 finished[image] = Some(StopReason::EndToken);
-            } else if sequences[image].len() >= limits.max_length {
+            } else if sequences[image].len() >= limits.max_length_for(prompts[image].len()) {
                 finished[image] = Some(StopReason::MaxLength);
             } else {
                 still_active.push(row as u32);
@@ -229,7 +267,8 @@ impl BeamImage {
             }
         }
         let candidates = top_candidates(&accumulated, vocab, 2 * num_beams);
-        let hits_stop = |c: &Candidate| c.token == limits.end_token || cur_len + 1 >= limits.max_length;
+        let max_length = limits.max_length_for(prompt_len);
+        let hits_stop = |c: &Candidate| c.token == limits.end_token || cur_len + 1 >= max_length;
 
         self.update_finished(&candidates, &hits_stop, cur_len + 1 - prompt_len, beam);
         self.update_running(&candidates, &hits_stop, num_beams);
@@ -313,7 +352,7 @@ pub fn beam_search(decoder: &mut impl StepDecoder, prompts: &[Vec<u32>], limits:
             for (b, hypothesis) in state.running.iter().enumerate() {
                 let row = &mut log_probs[b * vocab..(b + 1) * vocab];
                 log_softmax_in_place(row);
-                process_scores(row, &hypothesis.tokens, limits);
+                process_scores(row, &hypothesis.tokens, prompts[image].len(), limits);
             }
             state.advance(&log_probs, vocab, prompts[image].len(), limits, beam);
             all_hit_stop &= state.running.iter().all(|h| h.score <= NEG_LARGE / 2.0);
@@ -441,13 +480,13 @@ pub fn sample(
                     continue;
                 }
                 let scores = &mut logits[(slot * group + sample) * vocab..(slot * group + sample + 1) * vocab];
-                process_scores(scores, &rows[row], limits);
+                process_scores(scores, &rows[row], prompts[image].len(), limits);
                 warp_scores(scores, settings);
                 let token = draw(scores, &mut rngs[row]);
                 rows[row].push(token);
                 if token == limits.end_token {
                     stops[row] = Some(StopReason::EndToken);
-                } else if rows[row].len() >= limits.max_length {
+                } else if rows[row].len() >= limits.max_length_for(prompts[image].len()) {
                     stops[row] = Some(StopReason::MaxLength);
                 }
             }
@@ -497,6 +536,37 @@ mod tests {
         let exp: Vec<f32> = scores.iter().map(|&s| (s - max).exp()).collect();
         let total: f32 = exp.iter().sum();
         exp.iter().map(|e| e / total).collect()
+    }
+
+    #[test]
+    fn repeated_ngrams_banned() {
+        // "a b c a b" with n = 3: the prefix "a b" was followed by "c", so "c" is banned.
+        assert_eq!(repeated_ngram_tokens(&[1, 2, 3, 1, 2], 3), vec![3]);
+        assert_eq!(repeated_ngram_tokens(&[1, 2, 3, 1, 2], 0), Vec::<u32>::new());
+        assert_eq!(repeated_ngram_tokens(&[1, 2, 3, 4], 3), Vec::<u32>::new());
+        // n = 1 bans every token already present.
+        let mut banned = repeated_ngram_tokens(&[5, 6, 5], 1);
+        banned.sort();
+        assert_eq!(banned, vec![5, 5, 6]);
+    }
+
+    #[test]
+    fn new_token_limits_count_from_prompt() {
+        let limits = SearchLimits {
+            max_length: 20,
+            min_length: 5,
+            repetition_penalty: 1.0,
+            end_token: 102,
+            pad_token: 0,
+            max_new_tokens: Some(10),
+            min_new_tokens: Some(2),
+            no_repeat_ngram_size: 0,
+        };
+        assert_eq!(limits.max_length_for(4), 14);
+        assert_eq!(limits.min_length_for(4), 6);
+        let plain = SearchLimits { max_new_tokens: None, min_new_tokens: None, ..limits };
+        assert_eq!(plain.max_length_for(4), 20);
+        assert_eq!(plain.min_length_for(4), 5);
     }
 
     #[test]
