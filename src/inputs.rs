@@ -9,14 +9,14 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 /// Resolves every INPUT argument, downloading remote lists into `download_dir`.
-pub async fn resolve(patterns: &[String], client: &reqwest::Client, download_dir: &Path) -> anyhow::Result<Vec<InputFile>> {
+pub async fn resolve(patterns: &[String], fetcher: &crate::fetch::Fetcher, download_dir: &Path) -> anyhow::Result<Vec<InputFile>> {
     let mut files = Vec::new();
     let mut local = Vec::new();
 
     for pattern in patterns {
         let lower = pattern.to_ascii_lowercase();
         if lower.starts_with("http://") || lower.starts_with("https://") {
-            let path = download_list(pattern, client, download_dir, files.len()).await?;
+            let path = download_list(pattern, fetcher, download_dir, files.len()).await?;
             files.push(InputFile::new(path, pattern.clone()));
         } else if lower.starts_with("s3://") {
             bail!("input {pattern}: s3:// URL lists are not supported by this build");
@@ -33,8 +33,11 @@ pub async fn resolve(patterns: &[String], client: &reqwest::Client, download_dir
 }
 
 /// Streams a remote URL list to disk, keeping its file name so the format can be detected.
-async fn download_list(url: &str, client: &reqwest::Client, dir: &Path, index: usize) -> anyhow::Result<PathBuf> {
+async fn download_list(url: &str, fetcher: &crate::fetch::Fetcher, dir: &Path, index: usize) -> anyhow::Result<PathBuf> {
     let parsed = reqwest::Url::parse(url).with_context(|| format!("invalid input URL {url}"))?;
+    // The guarded resolver checks names; an IP literal never reaches it, so check it here.
+    fetcher.check_url(&parsed).map_err(|e| anyhow::anyhow!("input {url} rejected: {}", e.message))?;
+    let client = fetcher.client();
     let name = parsed.path_segments().and_then(|mut s| s.next_back()).filter(|n| !n.is_empty()).unwrap_or("list.txt");
     let path = dir.join(format!("{index:04}-{name}"));
 

@@ -37,7 +37,7 @@ pub enum RowStatus {
     Blocked,
     /// The server's `X-Robots-Tag` opts the image out of AI use (`noai`, `noimageai`).
     OptedOut,
-    /// The server kept answering 429, or 503 with `Retry-After`, after the retries.
+    /// The server still responded 429, or 503 with `Retry-After`, after the last retry.
     RateLimited,
     /// A redirect loop, or more redirects than `max_redirects`.
     TooManyRedirects,

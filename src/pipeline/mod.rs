@@ -112,7 +112,7 @@ pub async fn run(inputs: &[String], output: &Path, config: RunConfig) -> anyhow:
 
     let fetcher = Fetcher::new(config.download.clone())?;
     let list_dir = tempfile::tempdir().context("failed to create a temporary folder for remote lists")?;
-    let input_files = crate::inputs::resolve(inputs, fetcher.client(), list_dir.path()).await?;
+    let input_files = crate::inputs::resolve(inputs, &fetcher, list_dir.path()).await?;
     tracing::info!(inputs = input_files.len(), "inputs resolved");
 
     let (model, captioner) = load_model(&config).await?;
