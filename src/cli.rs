@@ -75,7 +75,7 @@ pub struct RunArgs {
 /// Settings shared by every command that builds a configuration.
 #[derive(Debug, Args)]
 pub struct Settings {
-    /// Config preset (default, quality, fast) or TOML file; flags override it.
+    /// Config preset (default, capfilt, quality, fast) or TOML file; flags override it.
     #[arg(long, env = "CAPFILT_CONFIG")]
     pub config: Option<String>,
 

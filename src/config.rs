@@ -136,7 +136,9 @@ pub struct ImageConfig {
 
 impl Default for ImageConfig {
     fn default() -> Self {
-        Self { max_pixels: 100_000_000, min_size: 0 }
+        // The decoder's default: PIL's decompression-bomb threshold, which admits photos up to
+        // about 60 MP.
+        Self { max_pixels: capfilt_workers::image::DecodeLimits::default().max_pixels, min_size: 0 }
     }
 }
 
