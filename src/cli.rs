@@ -146,10 +146,10 @@ pub struct Settings {
     /// Beams for beam search.
     #[arg(long, env = "CAPFILT_NUM_BEAMS")]
     pub num_beams: Option<usize>,
-    /// Longest caption in tokens, prompt included.
+    /// Maximum caption length in tokens, prompt included.
     #[arg(long, env = "CAPFILT_MAX_LENGTH")]
     pub max_length: Option<usize>,
-    /// Shortest caption in tokens, prompt included.
+    /// Minimum caption length in tokens, prompt included.
     #[arg(long, env = "CAPFILT_MIN_LENGTH")]
     pub min_length: Option<usize>,
     /// Most generated tokens, prompt not counted (replaces --max-length).
@@ -161,7 +161,7 @@ pub struct Settings {
     /// Forbid repeating any n-gram of this many tokens (0: off).
     #[arg(long, env = "CAPFILT_NO_REPEAT_NGRAM_SIZE")]
     pub no_repeat_ngram_size: Option<usize>,
-    /// Repetition penalty (1.0 is none).
+    /// Repetition penalty (1.0 disables it).
     #[arg(long, env = "CAPFILT_REPETITION_PENALTY")]
     pub repetition_penalty: Option<f32>,
     /// Text the captions start from, removed from the output ("" for none).

@@ -80,7 +80,7 @@ impl FilterConfig {
     }
 }
 
-/// How URL lists are read.
+/// URL-list reading settings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct InputConfig {
@@ -100,7 +100,7 @@ impl Default for InputConfig {
     }
 }
 
-/// Which checkpoint runs, and where.
+/// Captioning checkpoint and compute device.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
@@ -214,7 +214,7 @@ impl RunConfig {
         Ok(())
     }
 
-    /// The configuration as TOML, for logs and the run manifest. It holds no secrets: credentials
+    /// Renders the configuration as TOML for logs. It contains no secrets, because credentials
     /// come only from the environment and are never copied into it.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# config could not be shown: {e}"))

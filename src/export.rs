@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use arrow::array::{Array, AsArray, Float32Array, RecordBatch, StringArray, StringBuilder, Float32Builder};
+use arrow::array::{Array, AsArray, Float32Array, Float32Builder, RecordBatch, StringArray, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema};
 use clap::ValueEnum;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -44,7 +44,7 @@ pub struct ExportCounts {
 }
 
 /// Writes the kept pairs of every shard in `dir` to `output`. Without `unfiltered`, shards
-/// written without the filter are an error, since nothing in them says which texts to keep.
+/// written without the filter are an error, because they carry no keep decisions.
 pub fn export(dir: &Path, output: &Path, format: ExportFormat, unfiltered: bool) -> anyhow::Result<ExportCounts> {
     let shards = shard_files(dir)?;
     let mut sink = Sink::create(output, format)?;
@@ -95,7 +95,7 @@ fn strings<'a>(batch: &'a RecordBatch, name: &str) -> anyhow::Result<&'a StringA
         .with_context(|| format!("shard file has no string column {name}; was it written by capfilt?"))
 }
 
-/// The texts of `ok` rows that the filter kept (all of them with `unfiltered` on shards
+/// Collects the texts of `ok` rows that the filter kept (all of them with `unfiltered` on shards
 /// written without the filter).
 fn kept_pairs(batch: &RecordBatch, unfiltered: bool) -> anyhow::Result<Vec<Pair>> {
     let keys = strings(batch, "key")?;

@@ -114,7 +114,7 @@ fn weights_sha256(paths: &[PathBuf]) -> Option<String> {
     Some(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// The commit hash from a path `.../snapshots/<commit>/<file>` in the HF cache.
+/// Extracts the commit hash from a path `.../snapshots/<commit>/<file>` in the HF cache.
 fn snapshot_commit(path: &Path) -> Option<String> {
     let snapshot = path.parent()?;
     let parent = snapshot.parent()?;

@@ -237,7 +237,7 @@ fn boolean_lists(rows: &[OutputRow], get: impl Fn(&OutputRow) -> Option<&Vec<boo
     list_column(rows, BooleanBuilder::new(), get)
 }
 
-/// A nullable list column of `T` values, built with `values` as the item builder.
+/// Builds a nullable list column of `T` values with `values` as the item builder.
 fn list_column<T: Copy, B>(rows: &[OutputRow], values: B, get: impl Fn(&OutputRow) -> Option<&Vec<T>>) -> ArrayRef
 where
     B: arrow::array::ArrayBuilder + Extend<Option<T>>,

@@ -12,7 +12,7 @@ pub enum RowStatus {
     InvalidUrl,
     /// The input line itself could not be parsed.
     InvalidRow,
-    /// The server answered with a non-success HTTP status.
+    /// The server returned a non-success HTTP status.
     HttpError,
     /// A connect, read or total deadline passed.
     Timeout,

@@ -49,7 +49,7 @@ pub enum Event {
     InputFailed { input: String, error: String },
 }
 
-/// What the producer thread hands to the dispatcher.
+/// Work item the producer thread hands to the dispatcher.
 enum Work {
     Shard { shard: Shard, base_dir: Option<PathBuf> },
 }
@@ -247,8 +247,8 @@ fn decode_pool(threads: usize) -> anyhow::Result<rayon::ThreadPool> {
 /// Enough open shards to keep every download slot busy, and at least two so one shard's last
 /// stragglers do not stall the next.
 fn open_shard_limit(config: &RunConfig) -> usize {
-    let rows_wanted = 4 * config.download.concurrency;
-    rows_wanted.div_ceil(config.run.shard_size).clamp(2, 256)
+    let target_rows = 4 * config.download.concurrency;
+    target_rows.div_ceil(config.run.shard_size).clamp(2, 256)
 }
 
 /// Reads inputs on a blocking thread and hands shards over one at a time; shards whose output
@@ -341,7 +341,7 @@ async fn dispatch(
     }
 }
 
-/// A row's sampling seed: the run seed mixed with the row key, stable across runs and batches.
+/// Derives a row's sampling seed from the run seed and the row key, stable across runs and batches.
 fn row_seed(run_seed: u64, key: &str) -> u64 {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(format!("{run_seed}:{key}").as_bytes());

@@ -26,7 +26,7 @@ pub struct ImageInfo {
     pub sha256: String,
 }
 
-/// Why a row produced no model input.
+/// Reason a row produced no model input.
 #[derive(Debug, Clone)]
 pub struct RowFailure {
     pub status: RowStatus,

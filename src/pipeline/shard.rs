@@ -190,7 +190,7 @@ pub fn file_metadata(
     metadata
 }
 
-/// What the collector gathered over the run.
+/// Results the collector gathered over the run.
 pub struct Collected {
     pub counts: Counts,
     pub shards: Vec<ShardRecord>,

@@ -10,7 +10,7 @@ use crate::blip::search::{beam_search, greedy, sample, BeamSettings, SampleSetti
 use crate::blip::{CaptionModel, CheckpointFiles};
 use crate::error::ModelError;
 
-/// How captions are decoded. The defaults are BLIP's captioning evaluation: beam search with 3
+/// Caption decoding settings. The defaults are BLIP's captioning evaluation: beam search with 3
 /// beams, 20 tokens at most and 5 at least (prompt included), prompt `"a picture of "`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]

@@ -1,4 +1,4 @@
-//! What a capfilt worker computes: image decoding and preprocessing, and BLIP captioning on
+//! Worker computation for capfilt: image decoding and preprocessing, and BLIP captioning on
 //! candle. This crate does no network or storage I/O.
 
 pub mod blip;

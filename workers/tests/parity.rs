@@ -45,8 +45,9 @@ fn ids(value: &Value) -> Vec<Vec<u32>> {
     value.as_array().unwrap().iter().map(|row| row.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()).collect()
 }
 
-/// transformers pads finished rows of a batch, with `[PAD]` (0) in greedy decoding and with
-/// `[SEP]` (102) in beam search; capfilt returns each row ending at its first `[SEP]`.
+/// Cuts a reference row at its first `[SEP]`. transformers pads finished rows of a batch with
+/// `[PAD]` (0) in greedy decoding and with `[SEP]` (102) in beam search, but capfilt returns
+/// each row unpadded.
 fn strip_padding(mut tokens: Vec<u32>) -> Vec<u32> {
     if let Some(end) = tokens.iter().position(|&t| t == 102) {
         tokens.truncate(end + 1);
@@ -174,9 +175,8 @@ fn mixed_prompt_lengths_match_rows_alone() {
                 assert!(score_gap < 1e-4, "{decoding:?}: image {image} beam score differs by {score_gap}");
             }
         }
-        let prompt_lengths: Vec<usize> = batched.iter().map(|s| s[0].tokens.iter().take_while(|&&t| t != 0).count()).collect();
         assert!(batched.iter().all(|s| s[0].tokens[0] == 30522), "every row starts with [DEC]");
-        assert_eq!(prompt_lengths.len(), 3);
+        assert!(batched.iter().flatten().all(|s| !s.tokens.contains(&0)), "no [PAD] leaks into a returned sequence");
     }
 }
 

@@ -12,7 +12,7 @@ use super::text::{last_token, AttentionMode, ImageKeyValues, LmHead, SelfCache, 
 use super::vision::VisionModel;
 use crate::error::ModelError;
 
-/// Where a checkpoint's files are on local disk.
+/// Local paths of a checkpoint's files.
 #[derive(Debug, Clone)]
 pub struct CheckpointFiles {
     pub config: PathBuf,
@@ -72,8 +72,8 @@ pub fn var_builder(weights: &[PathBuf], dtype: DType, device: &Device) -> Result
     let result = if is_pickle {
         VarBuilder::from_pth(&weights[0], dtype, device)
     } else {
-        // SAFETY: the weight files are memory-mapped read-only; capfilt never writes to them, and
-        // a checkpoint replaced on disk while mapped is outside what any loader can guard.
+        // SAFETY: the weight files are memory-mapped read-only and capfilt never writes to them.
+        // No loader can guard against a checkpoint replaced on disk while it is mapped.
         unsafe { VarBuilder::from_mmaped_safetensors(weights, dtype, device) }
     };
     result.map_err(|source| ModelError::Weights { path: weights[0].clone(), source })
@@ -159,7 +159,7 @@ impl Decoder<'_> {
     }
 
     /// Position ids `[rows, tokens]`: each row counts from its first real token, so a padded row
-    /// sees the positions it would see alone.
+    /// gets the positions it would get alone.
     fn positions(&self, rows: usize, past: usize, tokens: usize) -> candle_core::Result<Tensor> {
         let padding = |row: usize| self.padding.get(row).copied().unwrap_or(0) as usize;
         let ids: Vec<u32> = (0..rows)

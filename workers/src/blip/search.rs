@@ -75,12 +75,13 @@ pub struct SearchLimits {
 }
 
 impl SearchLimits {
-    /// Longest sequence, prompt included, for a row whose prompt has `prompt_len` tokens.
+    /// Returns the maximum sequence length, prompt included, for a row whose prompt has
+    /// `prompt_len` tokens.
     pub fn max_length_for(&self, prompt_len: usize) -> usize {
         self.max_new_tokens.map_or(self.max_length, |n| prompt_len + n)
     }
 
-    /// Shortest sequence, prompt included, before the end token is allowed.
+    /// Returns the minimum sequence length, prompt included, before the end token is allowed.
     pub fn min_length_for(&self, prompt_len: usize) -> usize {
         self.min_new_tokens.map_or(self.min_length, |n| prompt_len + n)
     }
@@ -222,7 +223,7 @@ struct Candidate {
     token: u32,
 }
 
-/// The `k` best of `scores` (laid out `[beams, vocab]`), best first.
+/// Selects the `k` best of `scores` (laid out `[beams, vocab]`), best first.
 fn top_candidates(scores: &[f32], vocab: usize, k: usize) -> Vec<Candidate> {
     let mut best: Vec<Candidate> = Vec::with_capacity(k + 1);
     for (index, &score) in scores.iter().enumerate() {
@@ -334,9 +335,9 @@ impl BeamImage {
     }
 }
 
-/// Beam search, one image per prompt, returning the best finished hypothesis per image. An image
-/// whose search can no longer improve is dropped from the decoder; transformers keeps computing
-/// it but discards the results, so tokens are the same.
+/// Runs beam search, one image per prompt, and returns the best finished hypothesis per image.
+/// An image whose search can no longer improve is dropped from the decoder. transformers keeps
+/// computing it but discards the results, so tokens are the same.
 pub fn beam_search(decoder: &mut impl StepDecoder, prompts: &[Vec<u32>], limits: &SearchLimits, beam: &BeamSettings) -> Result<Vec<Sequence>> {
     let vocab = decoder.vocab_size();
     let mut states: Vec<BeamImage> = prompts.iter().map(|prompt| BeamImage::new(prompt, beam.num_beams)).collect();
@@ -445,8 +446,8 @@ fn draw(scores: &[f32], rng: &mut ChaCha8Rng) -> u32 {
     }
 }
 
-/// The random stream of one sample of one image: it depends only on the image's seed and the
-/// sample's index, never on batch composition, so a row gives the same captions in any batch.
+/// Creates the random stream of one sample of one image. It depends only on the image's seed and
+/// the sample's index, so a row gives the same captions in any batch.
 pub fn sample_rng(image_seed: u64, sample: usize) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(image_seed);
     rng.set_stream(sample as u64);
@@ -585,7 +586,7 @@ mod tests {
     }
 
     #[test]
-    fn top_k_and_top_p_keep_at_least_one() {
+    fn warp_keeps_at_least_one() {
         let mut scores = vec![5.0f32, 1.0, 0.5];
         warp_scores(&mut scores, &SampleSettings { num_samples: 1, top_p: 0.01, top_k: 2, temperature: 1.0 });
         assert_eq!(scores[0], 5.0);

@@ -76,7 +76,7 @@ impl SelfCache {
     }
 }
 
-/// How a text forward pass attends.
+/// Attention mode of a text forward pass.
 pub enum AttentionMode<'a> {
     /// Causal decoding that appends to `cache`; cross-attends to images shared by `group` rows
     /// each. `positions` (`[rows, tokens]`) are the new tokens' position ids, and `key_mask`
@@ -243,8 +243,8 @@ impl CrossAttention {
     }
 
     /// Attends `xs` (`[images * group, tokens, width]`) to the image keys and values
-    /// (`[images, heads, image_tokens, head_dim]`); the `group` rows of an image are stacked as
-    /// extra queries so the image tensors are read once.
+    /// (`[images, heads, image_tokens, head_dim]`). The `group` rows of an image are stacked as
+    /// extra queries, so the image tensors are read once.
     fn forward(&self, xs: &Tensor, image: &KeyValue, group: usize) -> Result<Tensor> {
         let p = &self.projections;
         let (rows, tokens, width) = xs.dims3()?;
@@ -307,7 +307,7 @@ impl TextModel {
         Ok(Self { embeddings: Embeddings::load(cfg, vb.pp("embeddings"))?, layers })
     }
 
-    /// The word embedding matrix `[vocab, width]`, which the LM head's projection is tied to.
+    /// Returns the word embedding matrix `[vocab, width]`, which the LM head's projection is tied to.
     pub fn word_embeddings(&self) -> &Tensor {
         self.embeddings.word_embeddings.embeddings()
     }
@@ -374,7 +374,7 @@ pub struct LmHead {
 }
 
 impl LmHead {
-    /// Loads `cls.predictions.*`; `word_embeddings` stands in for the decoder weight when the
+    /// Loads `cls.predictions.*`. `word_embeddings` replaces the decoder weight when the
     /// checkpoint leaves the tied tensor out, as transformers' `save_pretrained` does.
     pub fn load(cfg: &TextConfig, vb: VarBuilder, word_embeddings: Tensor) -> Result<Self> {
         let vb = vb.pp("predictions");
@@ -401,7 +401,7 @@ impl LmHead {
     }
 }
 
-/// The last position of `[rows, tokens, width]` as `[rows, width]`.
+/// Selects the last position of `[rows, tokens, width]` as `[rows, width]`.
 pub fn last_token(hidden: &Tensor) -> Result<Tensor> {
     let tokens = hidden.dim(1)?;
     hidden.narrow(1, tokens - 1, 1)?.squeeze(1)
