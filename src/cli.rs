@@ -35,6 +35,70 @@ pub enum Command {
     Config(ConfigCommand),
     /// Write the bootstrapped dataset (kept web and synthetic captions) from shard files.
     Export(ExportArgs),
+    /// Shard URL lists into NATS JetStream jobs and wait until workers have done them all.
+    Coordinator(CoordinatorArgs),
+    /// Pull shard jobs from NATS JetStream and caption them.
+    Worker(WorkerArgs),
+    /// Show a distributed run's progress: shards done, in flight and failed, and images/s.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    /// URL lists: files, directories, glob patterns, https:// or s3:// URLs.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<String>,
+    /// Where shard rows, shard files and manifest.json go: a folder every worker can reach, or
+    /// s3://BUCKET/PREFIX.
+    #[arg(long, short, env = "CAPFILT_OUTPUT", value_name = "URI")]
+    pub output: String,
+    /// Run id; the same id resumes a run. Default: derived from the inputs and the output.
+    #[arg(long, env = "CAPFILT_RUN_ID")]
+    pub run_id: Option<String>,
+    #[command(flatten)]
+    pub nats: crate::distributed::NatsArgs,
+    #[command(flatten)]
+    pub queue: crate::distributed::QueueArgs,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub nats: crate::distributed::NatsArgs,
+    #[command(flatten)]
+    pub queue: crate::distributed::QueueArgs,
+    /// Compute device for every job (cpu, cuda or cuda:N), overriding the run's configuration.
+    #[arg(long, env = "CAPFILT_DEVICE")]
+    pub device: Option<String>,
+    /// Jobs held at once; the second keeps the model busy while the next shard downloads.
+    #[arg(long, env = "CAPFILT_MAX_SHARDS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_shards: u16,
+    /// Exit when no job is waiting or held by any worker (for batch clusters).
+    #[arg(long, env = "CAPFILT_EXIT_WHEN_IDLE")]
+    pub exit_when_idle: bool,
+    /// Time allowed after SIGTERM for the jobs in hand to finish; the rest are handed back.
+    #[arg(long, env = "CAPFILT_SHUTDOWN_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: std::time::Duration,
+    /// Delay before a failed job is offered again, doubled on each further delivery (at most 60 s).
+    #[arg(long, env = "CAPFILT_RETRY_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub retry_delay: std::time::Duration,
+    /// Name in logs and shard states. Default: host name and process id.
+    #[arg(long, env = "CAPFILT_WORKER_NAME")]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub nats: crate::distributed::NatsArgs,
+    /// The run to show.
+    #[arg(long, env = "CAPFILT_RUN_ID")]
+    pub run_id: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -349,6 +413,17 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Coordinator(args) => coordinator(args).await,
+        Command::Worker(args) => worker(args).await,
+        Command::Status(args) => {
+            let status = crate::distributed::status::query(&args.nats, &args.run_id).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{status}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config(ConfigCommand::Show(settings)) => {
             print!("{}", settings.resolve()?.to_toml());
             Ok(ExitCode::SUCCESS)
@@ -377,6 +452,81 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::from(2))
     }
+}
+
+async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
+    let config = args.settings.resolve()?;
+    let options = crate::distributed::coordinator::CoordinatorOptions {
+        inputs: args.inputs,
+        output: args.output,
+        run_id: args.run_id,
+        nats: args.nats,
+        queue: args.queue,
+    };
+
+    let summary = tokio::select! {
+        summary = crate::distributed::coordinator::run(options, config) => summary?,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted: published jobs stay queued; run the same command again to follow the run");
+            return Ok(ExitCode::from(130));
+        }
+    };
+
+    let counts = &summary.counts;
+    eprintln!(
+        "run {}: {} shards done, {} failed; {} rows, {} ok, {} failed, {:.1} s, {:.2} images/s",
+        summary.run_id,
+        summary.shards.len(),
+        summary.failed_shards.len(),
+        counts.rows,
+        counts.ok,
+        counts.failed,
+        summary.seconds,
+        summary.images_per_second
+    );
+    for failed in &summary.failed_shards {
+        eprintln!("error: shard {} failed after {} deliveries: {}", failed.id, failed.deliveries, failed.error);
+    }
+    for (input, error) in &summary.failed_inputs {
+        eprintln!("error: input {input} failed: {error}");
+    }
+    eprintln!("output: {}", summary.output);
+
+    if summary.failed_shards.is_empty() && summary.failed_inputs.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::from(2))
+    }
+}
+
+async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let name = args.name.unwrap_or_else(default_worker_name);
+    let options = crate::distributed::worker::WorkerOptions {
+        nats: args.nats,
+        queue: args.queue,
+        name,
+        max_shards: args.max_shards as usize,
+        exit_when_idle: args.exit_when_idle,
+        shutdown_timeout: args.shutdown_timeout,
+        device: args.device,
+        retry_delay: args.retry_delay,
+    };
+    let summary = crate::distributed::worker::run(options).await?;
+    eprintln!(
+        "worker stopped: {} shards done, {} duplicates skipped, {} failed, {} retried, {} handed back",
+        summary.done, summary.skipped, summary.failed, summary.retried, summary.handed_back
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn default_worker_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}-{}", std::process::id())
 }
 
 fn print_summary(summary: &crate::pipeline::RunSummary) {

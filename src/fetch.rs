@@ -18,6 +18,7 @@ use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::s3::{LazyClient, S3Url};
 use crate::net_guard::{BlockedAddress, DnsError, GuardedResolver, InvalidCidr, NetGuard, SystemResolver};
 use crate::status::RowStatus;
 
@@ -95,11 +96,11 @@ pub struct FetchError {
 }
 
 impl FetchError {
-    fn permanent(status: RowStatus, message: impl Into<String>) -> Self {
+    pub(crate) fn permanent(status: RowStatus, message: impl Into<String>) -> Self {
         Self { status, message: message.into(), transient: false, retry_after: None }
     }
 
-    fn transient(status: RowStatus, message: impl Into<String>) -> Self {
+    pub(crate) fn transient(status: RowStatus, message: impl Into<String>) -> Self {
         Self { status, message: message.into(), transient: true, retry_after: None }
     }
 
@@ -167,6 +168,7 @@ pub struct Fetcher {
     hosts: HostLimiter,
     /// User-agent tokens whose scoped `X-Robots-Tag` directives apply to capfilt.
     opt_out_agents: Arc<Vec<String>>,
+    s3: LazyClient,
 }
 
 impl Fetcher {
@@ -185,7 +187,7 @@ impl Fetcher {
         let client = build_client(&config, resolver, guard.clone())?;
         let hosts = HostLimiter::new(config.per_host_concurrency);
         let opt_out_agents = Arc::new(opt_out_agents(&config.user_agent));
-        Ok(Self { client, config, guard, hosts, opt_out_agents })
+        Ok(Self { client, config, guard, hosts, opt_out_agents, s3: LazyClient::default() })
     }
 
     /// The HTTP client, for other downloads that share its pool and settings. Its resolver and
@@ -199,6 +201,11 @@ impl Fetcher {
         &self.config
     }
 
+    /// The S3 client for `s3://` images and lists, created on first use.
+    pub fn s3(&self) -> &LazyClient {
+        &self.s3
+    }
+
     /// Checks a URL whose host is an IP literal against the SSRF guard. Host names pass here and
     /// are checked after resolution.
     pub fn check_url(&self, url: &Url) -> Result<(), FetchError> {
@@ -210,10 +217,35 @@ impl Fetcher {
         match location {
             ImageLocation::Http(url) => self.fetch_http_with_retries(url).await,
             ImageLocation::File(path) => read_file(path, self.config.max_bytes).await,
-            ImageLocation::S3 { bucket, key } => Err(FetchError::permanent(
-                RowStatus::UnsupportedUrl,
-                format!("s3://{bucket}/{key}: S3 image URLs are not supported by this build"),
-            )),
+            ImageLocation::S3 { bucket, key } => {
+                let url = S3Url { bucket: bucket.clone(), key: key.clone() };
+                self.fetch_s3_with_retries(&url).await
+            }
+        }
+    }
+
+    /// Reads an S3 object. The endpoint is operator configuration rather than row data, so the
+    /// address guard does not apply to it.
+    async fn fetch_s3_with_retries(&self, url: &S3Url) -> Result<Vec<u8>, FetchError> {
+        let client = self.s3.get().await;
+
+        let mut attempt = 0;
+        loop {
+            let deadline = Duration::from_secs_f64(self.config.timeout_secs);
+            let result = tokio::time::timeout(deadline, crate::s3::get_capped(client, url, self.config.max_bytes))
+                .await
+                .unwrap_or_else(|_| Err(FetchError::transient(RowStatus::Timeout, format!("{url}: read did not finish within {:.1} s", deadline.as_secs_f64()))));
+            let error = match result {
+                Ok(bytes) => return Ok(bytes),
+                Err(error) => error,
+            };
+            let Some(wait) = self.retry_wait(&error, attempt) else {
+                return Err(error);
+            };
+
+            tracing::debug!(%url, attempt, wait_ms = wait.as_millis() as u64, error = %error.message, "retrying S3 read");
+            tokio::time::sleep(wait).await;
+            attempt += 1;
         }
     }
 

@@ -1,5 +1,5 @@
 //! Turning the INPUT arguments into local files: local paths, directories and globs go to the
-//! coordinator's resolver; `https://` list files are downloaded first.
+//! coordinator's resolver; `https://` and `s3://` list files are downloaded first.
 
 use std::path::{Path, PathBuf};
 
@@ -7,6 +7,8 @@ use anyhow::{bail, Context};
 use capfilt_coordinator::{resolve_inputs, InputFile};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
+
+use crate::s3::S3Url;
 
 /// Resolves every INPUT argument, downloading remote lists into `download_dir`.
 pub async fn resolve(patterns: &[String], fetcher: &crate::fetch::Fetcher, download_dir: &Path) -> anyhow::Result<Vec<InputFile>> {
@@ -19,7 +21,8 @@ pub async fn resolve(patterns: &[String], fetcher: &crate::fetch::Fetcher, downl
             let path = download_list(pattern, fetcher, download_dir, files.len()).await?;
             files.push(InputFile::new(path, pattern.clone()));
         } else if lower.starts_with("s3://") {
-            bail!("input {pattern}: s3:// URL lists are not supported by this build");
+            let path = download_s3_list(pattern, fetcher, download_dir, files.len()).await?;
+            files.push(InputFile::new(path, pattern.clone()));
         } else {
             local.push(pattern.clone());
         }
@@ -52,6 +55,31 @@ async fn download_list(url: &str, fetcher: &crate::fetch::Fetcher, dir: &Path, i
         let chunk = chunk.with_context(|| format!("failed to download input {url}"))?;
         file.write_all(&chunk).await?;
     }
+    file.flush().await?;
+    Ok(path)
+}
+
+/// Streams an `s3://bucket/key` list to disk.
+async fn download_s3_list(url: &str, fetcher: &crate::fetch::Fetcher, dir: &Path, index: usize) -> anyhow::Result<PathBuf> {
+    let parsed = S3Url::parse(url)?;
+    if parsed.key.is_empty() || parsed.key.ends_with('/') {
+        bail!("input {url}: an s3:// input must name one object, not a prefix");
+    }
+    let name = parsed.key.rsplit('/').next().unwrap_or("list.txt");
+    let path = dir.join(format!("{index:04}-{name}"));
+
+    let client = fetcher.s3().get().await;
+    let response = client
+        .get_object()
+        .bucket(&parsed.bucket)
+        .key(&parsed.key)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("failed to download input {url}: {}", aws_sdk_s3::error::DisplayErrorContext(&e)))?;
+
+    let mut file = tokio::fs::File::create(&path).await.with_context(|| format!("failed to create {}", path.display()))?;
+    let mut body = response.body.into_async_read();
+    tokio::io::copy(&mut body, &mut file).await.with_context(|| format!("failed to download input {url}"))?;
     file.flush().await?;
     Ok(path)
 }

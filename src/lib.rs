@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod distributed;
 pub mod export;
 pub mod fetch;
 pub mod inputs;
@@ -13,5 +14,7 @@ pub mod model_source;
 pub mod net_guard;
 pub mod pipeline;
 pub mod progress;
+pub mod s3;
 pub mod sink;
 pub mod status;
+pub mod storage;

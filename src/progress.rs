@@ -13,7 +13,7 @@ use crate::status::RowStatus;
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Row counts by status and throughput.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Counts {
     pub rows: u64,
     pub ok: u64,

@@ -30,7 +30,8 @@ pub enum RowStatus {
     DecodeError,
     /// A local file could not be read.
     FileError,
-    /// The image scheme is valid but not supported in this mode (`s3://` image URLs).
+    /// The URL's scheme is recognised but this build cannot fetch it. Every scheme the reader
+    /// accepts (http, https, s3, file) is fetchable today, so no row gets this status.
     UnsupportedUrl,
     /// The destination address is loopback, private, link-local, cloud metadata or another
     /// non-public range, and no `--allow-cidr` or `--allow-private-networks` opens it.

@@ -167,7 +167,8 @@ pub(crate) fn place(label: &str, line: Option<u64>, row_index: u64) -> String {
 
 /// The reason one row cannot be captioned. The reader marks the row and
 /// continues.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RowProblem {
     /// The URL field is absent, empty, blank or a null marker.
     MissingUrl,

@@ -67,8 +67,9 @@ impl InputFile {
     }
 }
 
-/// One data row of a URL list.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One data row of a URL list. It serializes so that a coordinator can hand
+/// a shard's rows to workers on other machines.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InputRow {
     /// The `key_col` value, or `"{input_tag}:{row_index}"`.
     pub key: String,

@@ -19,7 +19,7 @@ pub fn input_tag(label: &str) -> String {
 }
 
 /// A run of consecutive rows of one input.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Shard {
     /// `"{input_tag}-{index:05}"`: the same input and shard size give the
     /// same ids on every run, so finished shards can be skipped on resume.

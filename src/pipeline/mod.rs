@@ -20,7 +20,7 @@ use capfilt_workers::filter::Filter;
 use capfilt_workers::{CaptionSettings, Captioner};
 use candle_core::{DType, Device};
 use serde::Serialize;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::config::RunConfig;
 use crate::fetch::Fetcher;
@@ -30,7 +30,7 @@ use crate::sink::check_kept_columns;
 
 pub use model::{BatchItem, CaptionedRow, ModelStats};
 pub use prepare::{ImageInfo, PreparedImage, Preparer, RowFailure};
-pub use shard::{OpenShard, PendingRow, ShardRecord};
+pub use shard::{Collected, OpenShard, PendingRow, ShardRecord};
 
 /// A row within the run: the shard's sequence number and the row's position in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,9 +49,14 @@ pub enum Event {
     InputFailed { input: String, error: String },
 }
 
-/// Work item the producer thread hands to the dispatcher.
+/// Work item handed to the dispatcher.
 enum Work {
-    Shard { shard: Shard, base_dir: Option<PathBuf> },
+    Shard {
+        shard: Shard,
+        base_dir: Option<PathBuf>,
+        /// Receives the shard's record once its file is written.
+        done: Option<oneshot::Sender<ShardRecord>>,
+    },
 }
 
 /// The outcome of a run, also written to `manifest.json`.
@@ -105,7 +110,6 @@ pub fn read_options(config: &RunConfig) -> anyhow::Result<ReadOptions> {
 pub async fn run(inputs: &[String], output: &Path, config: RunConfig) -> anyhow::Result<RunSummary> {
     let started = Instant::now();
     config.validate()?;
-    check_kept_columns(&config.input.keep_cols)?;
     let options = read_options(&config)?;
     std::fs::create_dir_all(output).with_context(|| format!("failed to create output folder {}", output.display()))?;
     shard::remove_stale_temp_files(output);
@@ -115,39 +119,11 @@ pub async fn run(inputs: &[String], output: &Path, config: RunConfig) -> anyhow:
     let input_files = crate::inputs::resolve(inputs, &fetcher, list_dir.path()).await?;
     tracing::info!(inputs = input_files.len(), "inputs resolved");
 
-    let (model, captioner) = load_model(&config).await?;
-    let filter = load_filter(&config, captioner.image_size()).await?;
-    let metadata = shard::file_metadata(&model, &config.caption, filter.as_ref().map(|(m, _)| (m, &config.filter)));
-
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let prefetch = config.run.batch_size * config.run.prefetch_batches.max(1);
-    let (batch_tx, batch_rx) = flume::bounded::<BatchItem>(prefetch);
-    let filter_model = filter.as_ref().map(|(m, _)| m.clone());
-    let model_thread = spawn_model_thread(captioner, filter.map(|(_, f)| f), batch_rx, events_tx.clone(), &config);
-
-    let preparer = Arc::new(Preparer {
-        fetcher,
-        limits: decode_limits(&config),
-        preprocess: PreprocessConfig { size: model.image_size as u32, ..PreprocessConfig::blip() },
-        pool: Arc::new(decode_pool(config.run.decode_threads)?),
-    });
-    let (work_tx, work_rx) = mpsc::channel(1);
-    let producer = spawn_producer(input_files, options, config.clone(), output.to_path_buf(), work_tx, events_tx.clone());
-    let dispatcher = tokio::spawn(dispatch(
-        work_rx,
-        preparer,
-        batch_tx,
-        events_tx,
-        open_shard_limit(&config),
-        config.download.concurrency,
-        config.caption.seed,
-    ));
-
-    let collected = shard::collect(events_rx, output, &config.input.keep_cols, &metadata).await;
-    let stats = model_thread.join().map_err(|_| anyhow::anyhow!("the model thread panicked"))?;
-    dispatcher.await.context("the download dispatcher stopped unexpectedly")?;
+    let engine = Engine::start(&config, fetcher, output).await?;
+    let producer = spawn_producer(input_files, options, config.clone(), output.to_path_buf(), engine.work.clone(), engine.events.clone());
     producer.await.context("the input reader stopped unexpectedly")?;
-    let collected = collected?;
+    let (model, filter_model) = (engine.model.clone(), engine.filter_model.clone());
+    let (collected, stats) = engine.finish().await?;
 
     let seconds = started.elapsed().as_secs_f64();
     let summary = RunSummary {
@@ -168,6 +144,80 @@ pub async fn run(inputs: &[String], output: &Path, config: RunConfig) -> anyhow:
     };
     shard::write_manifest(output, &summary)?;
     Ok(summary)
+}
+
+/// The running stages (downloads, decoding, the model thread and the shard writer), fed one
+/// shard at a time. `capfilt run` feeds it from the input files; a worker feeds it jobs.
+pub struct Engine {
+    pub model: ResolvedModel,
+    pub filter_model: Option<ResolvedModel>,
+    work: mpsc::Sender<Work>,
+    events: mpsc::UnboundedSender<Event>,
+    collector: tokio::task::JoinHandle<anyhow::Result<shard::Collected>>,
+    dispatcher: tokio::task::JoinHandle<()>,
+    model_thread: std::thread::JoinHandle<ModelStats>,
+}
+
+impl Engine {
+    /// Loads the models and starts every stage. Shard files are written to `output`.
+    pub async fn start(config: &RunConfig, fetcher: Fetcher, output: &Path) -> anyhow::Result<Self> {
+        check_kept_columns(&config.input.keep_cols)?;
+        let (model, captioner) = load_model(config).await?;
+        let filter = load_filter(config, captioner.image_size()).await?;
+        let metadata = shard::file_metadata(&model, &config.caption, filter.as_ref().map(|(m, _)| (m, &config.filter)));
+
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let prefetch = config.run.batch_size * config.run.prefetch_batches.max(1);
+        let (batch_tx, batch_rx) = flume::bounded::<BatchItem>(prefetch);
+        let filter_model = filter.as_ref().map(|(m, _)| m.clone());
+        let model_thread = spawn_model_thread(captioner, filter.map(|(_, f)| f), batch_rx, events_tx.clone(), config);
+
+        let preparer = Arc::new(Preparer {
+            fetcher,
+            limits: decode_limits(config),
+            preprocess: PreprocessConfig { size: model.image_size as u32, ..PreprocessConfig::blip() },
+            pool: Arc::new(decode_pool(config.run.decode_threads)?),
+        });
+        let (work_tx, work_rx) = mpsc::channel(1);
+        let dispatcher = tokio::spawn(dispatch(
+            work_rx,
+            preparer,
+            batch_tx,
+            events_tx.clone(),
+            open_shard_limit(config),
+            config.download.concurrency,
+            config.caption.seed,
+        ));
+
+        let (output, keep_cols) = (output.to_path_buf(), config.input.keep_cols.clone());
+        let collector = tokio::spawn(async move { shard::collect(events_rx, &output, &keep_cols, &metadata).await });
+        Ok(Engine { model, filter_model, work: work_tx, events: events_tx, collector, dispatcher, model_thread })
+    }
+
+    /// Queues a shard; `done` receives its record once the shard file is written. Waits while
+    /// the stages are full, and fails when they have stopped.
+    pub async fn submit(&self, shard: Shard, base_dir: Option<PathBuf>, done: oneshot::Sender<ShardRecord>) -> anyhow::Result<()> {
+        self.work
+            .send(Work::Shard { shard, base_dir, done: Some(done) })
+            .await
+            .map_err(|_| anyhow::anyhow!("the pipeline has stopped"))
+    }
+
+    /// Whether a stage has stopped, after which no submitted shard can finish.
+    pub fn is_stopped(&self) -> bool {
+        self.collector.is_finished() || self.dispatcher.is_finished() || self.model_thread.is_finished()
+    }
+
+    /// Lets queued shards finish, stops every stage and returns what the shard writer collected.
+    pub async fn finish(self) -> anyhow::Result<(shard::Collected, ModelStats)> {
+        drop(self.work);
+        drop(self.events);
+
+        let collected = self.collector.await.context("the shard writer stopped unexpectedly")?;
+        let stats = self.model_thread.join().map_err(|_| anyhow::anyhow!("the model thread panicked"))?;
+        self.dispatcher.await.context("the download dispatcher stopped unexpectedly")?;
+        Ok((collected?, stats))
+    }
 }
 
 async fn load_model(config: &RunConfig) -> anyhow::Result<(ResolvedModel, Captioner)> {
@@ -287,7 +337,7 @@ fn spawn_producer(
                     let _ = events.send(Event::Skipped { id: shard.id.clone(), input: file.label.clone(), rows: shard.rows.len() });
                     continue;
                 }
-                if work.blocking_send(Work::Shard { shard, base_dir: base_dir.clone() }).is_err() {
+                if work.blocking_send(Work::Shard { shard, base_dir: base_dir.clone(), done: None }).is_err() {
                     return;
                 }
             }
@@ -311,9 +361,9 @@ async fn dispatch(
     let downloads = Arc::new(Semaphore::new(concurrency));
     let mut sequence = 0u64;
 
-    while let Some(Work::Shard { shard, base_dir }) = work.recv().await {
+    while let Some(Work::Shard { shard, base_dir, done }) = work.recv().await {
         let permit = open_shards.clone().acquire_owned().await.expect("semaphore is never closed");
-        let open = OpenShard::new(sequence, &shard, permit);
+        let open = OpenShard::new(sequence, &shard, permit, done);
         let pending = open.pending_rows();
         if events.send(Event::Opened(open)).is_err() {
             return;

@@ -9,7 +9,7 @@ use anyhow::Context;
 use capfilt_coordinator::Shard;
 use capfilt_workers::CaptionSettings;
 use serde::Serialize;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 use super::{Event, RowId, RunSummary};
 use crate::model_source::ResolvedModel;
@@ -28,6 +28,7 @@ pub struct OpenShard {
     remaining: usize,
     counts: Counts,
     started: Instant,
+    done: Option<oneshot::Sender<ShardRecord>>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -40,7 +41,7 @@ pub struct PendingRow {
 }
 
 /// A written shard, as listed in the manifest.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ShardRecord {
     pub id: String,
     pub input: String,
@@ -53,7 +54,7 @@ pub struct ShardRecord {
 
 impl OpenShard {
     /// Prepares output rows for every input row; rows the reader rejected are final already.
-    pub fn new(sequence: u64, shard: &Shard, permit: OwnedSemaphorePermit) -> Self {
+    pub fn new(sequence: u64, shard: &Shard, permit: OwnedSemaphorePermit, done: Option<oneshot::Sender<ShardRecord>>) -> Self {
         let mut counts = Counts::default();
         let mut remaining = 0;
         let mut urls = Vec::with_capacity(shard.rows.len());
@@ -95,6 +96,7 @@ impl OpenShard {
             remaining,
             counts,
             started: Instant::now(),
+            done,
             _permit: permit,
         }
     }
@@ -258,8 +260,12 @@ pub async fn collect(
 
         if let Some(sequence) = finished_shard {
             if open.get(&sequence).is_some_and(|s| s.remaining == 0) {
-                let shard = open.remove(&sequence).expect("checked above");
+                let mut shard = open.remove(&sequence).expect("checked above");
+                let done = shard.done.take();
                 let record = write_finished(shard, output, kept_columns, metadata).await?;
+                if let Some(done) = done {
+                    let _ = done.send(record.clone());
+                }
                 collected.counts.merge(&record.counts);
                 collected.shards.push(record);
             }

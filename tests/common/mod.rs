@@ -39,7 +39,11 @@ impl TestServer {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
@@ -52,8 +56,14 @@ impl TestServer {
             // Stalled responses would keep the runtime alive; drop it without waiting for them.
             runtime.shutdown_timeout(Duration::from_millis(100));
         });
-        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("test server did not start");
-        Self { addr, shutdown: Some(shutdown), thread: Some(thread) }
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("test server did not start");
+        Self {
+            addr,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -83,14 +93,20 @@ pub fn image_server(files: HashMap<String, Vec<u8>>) -> TestServer {
         .route(
             "/html.jpg",
             get(|| async {
-                ([("content-type", "image/jpeg")], "<!DOCTYPE html><html><body>Not found</body></html>")
+                (
+                    [("content-type", "image/jpeg")],
+                    "<!DOCTYPE html><html><body>Not found</body></html>",
+                )
             }),
         )
         .with_state(std::sync::Arc::new(files));
     TestServer::start(router)
 }
 
-async fn serve_file(State(files): State<std::sync::Arc<HashMap<String, Vec<u8>>>>, UrlPath(name): UrlPath<String>) -> Response {
+async fn serve_file(
+    State(files): State<std::sync::Arc<HashMap<String, Vec<u8>>>>,
+    UrlPath(name): UrlPath<String>,
+) -> Response {
     match files.get(&name) {
         Some(bytes) => bytes.clone().into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
@@ -115,11 +131,19 @@ pub fn hub_server(repo_id: &str, folder: &Path, commit: &str) -> TestServer {
     for entry in std::fs::read_dir(folder).unwrap() {
         let entry = entry.unwrap();
         if entry.path().is_file() {
-            files.insert(entry.file_name().to_string_lossy().into_owned(), std::fs::read(entry.path()).unwrap());
+            files.insert(
+                entry.file_name().to_string_lossy().into_owned(),
+                std::fs::read(entry.path()).unwrap(),
+            );
         }
     }
     let state = std::sync::Arc::new((repo_id.to_string(), commit.to_string(), files));
-    let router = Router::new().route("/{org}/{name}/resolve/{revision}/{*file}", get(serve_hub_file)).with_state(state);
+    let router = Router::new()
+        .route(
+            "/{org}/{name}/resolve/{revision}/{*file}",
+            get(serve_hub_file),
+        )
+        .with_state(state);
     TestServer::start(router)
 }
 
@@ -140,7 +164,11 @@ async fn serve_hub_file(
 
     let etag = format!("\"{:x}\"", bytes.len() as u64 * 2654435761 % 1_000_000_007);
     let total = bytes.len();
-    let (start, end) = match headers.get("range").and_then(|v| v.to_str().ok()).and_then(parse_range) {
+    let (start, end) = match headers
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_range)
+    {
         Some((start, end)) => (start, end.min(total.saturating_sub(1))),
         None => {
             let response_headers = [("etag", etag), ("x-repo-commit", commit.clone())];
@@ -165,11 +193,16 @@ fn parse_range(value: &str) -> Option<(usize, usize)> {
 /// Runs the capfilt binary with `args` and extra environment, killing it after `timeout`.
 pub fn run_capfilt(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Output {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_capfilt"));
-    command.args(args).env("RUST_LOG", "info").env_remove("HF_ENDPOINT");
+    command
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("HF_ENDPOINT");
     for (key, value) in env {
         command.env(key, value);
     }
-    command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let mut child = command.spawn().expect("capfilt binary starts");
 
     let deadline = std::time::Instant::now() + timeout;
@@ -180,7 +213,10 @@ pub fn run_capfilt(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Ou
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
             let output = child.wait_with_output().unwrap();
-            panic!("capfilt did not finish within {timeout:?}; stderr:\n{}", String::from_utf8_lossy(&output.stderr));
+            panic!(
+                "capfilt did not finish within {timeout:?}; stderr:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -201,7 +237,10 @@ pub fn read_shards(dir: &Path) -> Vec<HashMap<String, Option<String>>> {
         .collect();
     paths.sort();
     for path in paths {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap().build().unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
         for batch in reader {
             let batch = batch.unwrap();
             let schema = batch.schema();
@@ -212,7 +251,9 @@ pub fn read_shards(dir: &Path) -> Vec<HashMap<String, Option<String>>> {
                         None
                     } else if let Some(list) = column.as_any().downcast_ref::<ListArray>() {
                         let values = list.value(i);
-                        let items: Vec<String> = (0..values.len()).map(|j| array_value_to_string(&values, j).unwrap()).collect();
+                        let items: Vec<String> = (0..values.len())
+                            .map(|j| array_value_to_string(&values, j).unwrap())
+                            .collect();
                         Some(items.join(" | "))
                     } else {
                         Some(array_value_to_string(column, i).unwrap())
@@ -234,18 +275,29 @@ pub fn pyarrow_read(dir: &Path) -> Option<(usize, Vec<String>)> {
                   files = sorted(glob.glob(sys.argv[1] + '/*.parquet'))\n\
                   t = ds.dataset(files, format='parquet').to_table()\n\
                   print(json.dumps([t.num_rows, t.column_names]))";
-    let output = std::process::Command::new("python3").arg("-c").arg(script).arg(dir).output();
+    let output = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(dir)
+        .output();
     let required = std::env::var("CAPFILT_REQUIRE_PYARROW").is_ok_and(|v| v == "1");
     match output {
         Ok(output) if output.status.success() => {
-            let (rows, columns): (usize, Vec<String>) = serde_json::from_slice(&output.stdout).unwrap();
+            let (rows, columns): (usize, Vec<String>) =
+                serde_json::from_slice(&output.stdout).unwrap();
             Some((rows, columns))
         }
-        Ok(output) if !required && String::from_utf8_lossy(&output.stderr).contains("No module named") => {
+        Ok(output)
+            if !required && String::from_utf8_lossy(&output.stderr).contains("No module named") =>
+        {
             eprintln!("pyarrow is not installed; skipping the pyarrow read-back");
             None
         }
-        Ok(output) => panic!("pyarrow failed to read {}: {}", dir.display(), String::from_utf8_lossy(&output.stderr)),
+        Ok(output) => panic!(
+            "pyarrow failed to read {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&output.stderr)
+        ),
         Err(error) if !required => {
             eprintln!("python3 is not available ({error}); skipping the pyarrow read-back");
             None
@@ -263,7 +315,11 @@ pub fn start_server_at(bind: &str, router: Router) -> Option<TestServer> {
     let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
 
     let thread = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             axum::serve(listener, router)
@@ -276,5 +332,9 @@ pub fn start_server_at(bind: &str, router: Router) -> Option<TestServer> {
         // Stalled responses would keep the runtime alive; drop it without waiting for them.
         runtime.shutdown_timeout(Duration::from_millis(100));
     });
-    Some(TestServer { addr, shutdown: Some(shutdown), thread: Some(thread) })
+    Some(TestServer {
+        addr,
+        shutdown: Some(shutdown),
+        thread: Some(thread),
+    })
 }
