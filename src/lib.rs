@@ -13,5 +13,6 @@ pub mod model_source;
 pub mod net_guard;
 pub mod pipeline;
 pub mod progress;
+pub mod redact;
 pub mod sink;
 pub mod status;
