@@ -531,11 +531,22 @@ fn default_worker_name() -> String {
 
 fn print_summary(summary: &crate::pipeline::RunSummary) {
     let counts = &summary.counts;
+    tracing::info!(
+        rows = counts.rows,
+        downloads = summary.downloads,
+        deduplicated_rows = summary.deduplicated_rows,
+        ok = counts.ok,
+        failed = counts.failed,
+        seconds = summary.seconds,
+        "run finished"
+    );
     eprintln!(
-        "done: {} rows in {} shards ({} skipped as already written), {} ok, {} failed, {:.1} s, {:.2} images/s",
+        "done: {} rows in {} shards ({} skipped as already written), {} downloads ({} rows shared another row's download), {} ok, {} failed, {:.1} s, {:.2} images/s",
         counts.rows,
         summary.shards.len(),
         summary.skipped_shards.len(),
+        summary.downloads,
+        summary.deduplicated_rows,
         counts.ok,
         counts.failed,
         summary.seconds,

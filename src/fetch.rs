@@ -20,6 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::s3::{LazyClient, S3Url};
 use crate::net_guard::{BlockedAddress, DnsError, GuardedResolver, InvalidCidr, NetGuard, SystemResolver};
+use crate::redact::{redact_url, redact_urls};
 use crate::status::RowStatus;
 
 /// Download limits and behaviour. Defaults suit web-scale crawls on servers, not a laptop:
@@ -119,11 +120,22 @@ pub enum RedirectError {
 }
 
 /// Where an image's bytes come from.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub enum ImageLocation {
     Http(reqwest::Url),
     File(PathBuf),
     S3 { bucket: String, key: String },
+}
+
+/// Shows HTTP URLs without their user information, which may hold a password.
+impl std::fmt::Debug for ImageLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageLocation::Http(url) => f.debug_tuple("Http").field(&redact_url(url)).finish(),
+            ImageLocation::File(path) => f.debug_tuple("File").field(path).finish(),
+            ImageLocation::S3 { bucket, key } => f.debug_struct("S3").field("bucket", bucket).field("key", key).finish(),
+        }
+    }
 }
 
 /// Resolves a row's URL. Paths without a scheme are relative to `base_dir`, the folder of the
@@ -262,7 +274,7 @@ impl Fetcher {
                 return Err(error);
             };
 
-            tracing::debug!(%url, attempt, wait_ms = wait.as_millis() as u64, error = %error.message, "retrying download");
+            tracing::debug!(url = %redact_url(url), attempt, wait_ms = wait.as_millis() as u64, error = %error.message, "retrying download");
             tokio::time::sleep(wait).await;
             attempt += 1;
         }
@@ -332,7 +344,7 @@ impl Fetcher {
         let Some(directive) = ai_opt_out(response.headers(), &self.opt_out_agents) else {
             return Ok(());
         };
-        tracing::debug!(url = %response.url(), directive, "image opted out of AI use");
+        tracing::debug!(url = %redact_url(response.url()), directive, "image opted out of AI use");
         Err(FetchError::permanent(RowStatus::OptedOut, format!("X-Robots-Tag opts out of AI use ({directive})")))
     }
 }
@@ -382,7 +394,7 @@ fn check_redirect(next: &Url, previous: &[Url], max_redirects: usize, guard: &Ne
         return Some(Box::new(blocked));
     }
     if previous.contains(next) {
-        return Some(Box::new(RedirectError::Loop { url: next.to_string() }));
+        return Some(Box::new(RedirectError::Loop { url: redact_url(next) }));
     }
 
     // `previous` starts with the requested URL, so it holds one entry more than the redirects
@@ -584,7 +596,8 @@ fn classify_reqwest_error(error: reqwest::Error) -> FetchError {
         return FetchError { status, message: dns.to_string(), transient: dns.is_temporary(), retry_after: None };
     }
 
-    let message = error_chain(&error);
+    // reqwest's messages quote the request URL, user information included.
+    let message = redact_urls(&error_chain(&error));
     if find_cause::<RedirectError>(&error).is_some() {
         FetchError::permanent(RowStatus::TooManyRedirects, message)
     } else if error.is_timeout() {
@@ -661,6 +674,14 @@ mod tests {
         );
         assert_eq!(locate("s3://bucket", None).unwrap_err().status, RowStatus::InvalidUrl);
         assert_eq!(locate("http://[::1", None).unwrap_err().status, RowStatus::InvalidUrl);
+    }
+
+    #[test]
+    fn location_debug_hides_password() {
+        let location = locate("http://user:secret@127.0.0.1:8080/a.jpg", None).unwrap();
+        let shown = format!("{location:?}");
+        assert!(!shown.contains("secret") && !shown.contains("user"), "{shown}");
+        assert!(shown.contains("127.0.0.1:8080/a.jpg"), "{shown}");
     }
 
     #[test]
@@ -761,6 +782,10 @@ mod tests {
 
         let looped = check_redirect(&first, &[first.clone(), second.clone()], 5, &guard).unwrap();
         assert_eq!(looped.downcast_ref::<RedirectError>(), Some(&RedirectError::Loop { url: first.to_string() }));
+
+        let with_password = url("http://user:secret@a.test/1");
+        let looped = check_redirect(&with_password, &[with_password.clone(), second.clone()], 5, &guard).unwrap();
+        assert_eq!(looped.to_string(), "redirect loop: http://***@a.test/1 was already requested");
 
         let previous = [first.clone(), second.clone(), url("http://a.test/3")];
         let too_many = check_redirect(&url("http://a.test/4"), &previous, 2, &guard).unwrap();

@@ -8,6 +8,7 @@ use capfilt_coordinator::{resolve_inputs, InputFile};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
+use crate::redact::redact_urls;
 use crate::s3::S3Url;
 
 /// Resolves every INPUT argument, downloading remote lists into `download_dir`.
@@ -19,10 +20,12 @@ pub async fn resolve(patterns: &[String], fetcher: &crate::fetch::Fetcher, downl
         let lower = pattern.to_ascii_lowercase();
         if lower.starts_with("http://") || lower.starts_with("https://") {
             let path = download_list(pattern, fetcher, download_dir, files.len()).await?;
-            files.push(InputFile::new(path, pattern.clone()));
+            // The label names the input in keys, shard ids, messages and the manifest, so it
+            // leaves out any password; a list keeps its shard ids when its password changes.
+            files.push(InputFile::new(path, redact_urls(pattern)));
         } else if lower.starts_with("s3://") {
             let path = download_s3_list(pattern, fetcher, download_dir, files.len()).await?;
-            files.push(InputFile::new(path, pattern.clone()));
+            files.push(InputFile::new(path, redact_urls(pattern)));
         } else {
             local.push(pattern.clone());
         }
@@ -37,22 +40,23 @@ pub async fn resolve(patterns: &[String], fetcher: &crate::fetch::Fetcher, downl
 
 /// Streams a remote URL list to disk, keeping its file name so the format can be detected.
 async fn download_list(url: &str, fetcher: &crate::fetch::Fetcher, dir: &Path, index: usize) -> anyhow::Result<PathBuf> {
-    let parsed = reqwest::Url::parse(url).with_context(|| format!("invalid input URL {url}"))?;
+    let shown = redact_urls(url);
+    let parsed = reqwest::Url::parse(url).with_context(|| format!("invalid input URL {shown}"))?;
     // The guarded resolver checks names; an IP literal never reaches it, so check it here.
-    fetcher.check_url(&parsed).map_err(|e| anyhow::anyhow!("input {url} rejected: {}", e.message))?;
+    fetcher.check_url(&parsed).map_err(|e| anyhow::anyhow!("input {shown} rejected: {}", e.message))?;
     let client = fetcher.client();
     let name = parsed.path_segments().and_then(|mut s| s.next_back()).filter(|n| !n.is_empty()).unwrap_or("list.txt");
     let path = dir.join(format!("{index:04}-{name}"));
 
-    let response = client.get(parsed.clone()).send().await.with_context(|| format!("failed to download input {url}"))?;
+    let response = client.get(parsed.clone()).send().await.map_err(|e| download_error(&shown, &e))?;
     if !response.status().is_success() {
-        bail!("failed to download input {url}: HTTP {}", response.status().as_u16());
+        bail!("failed to download input {shown}: HTTP {}", response.status().as_u16());
     }
 
     let mut file = tokio::fs::File::create(&path).await.with_context(|| format!("failed to create {}", path.display()))?;
     let mut body = response.bytes_stream();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.with_context(|| format!("failed to download input {url}"))?;
+        let chunk = chunk.map_err(|e| download_error(&shown, &e))?;
         file.write_all(&chunk).await?;
     }
     file.flush().await?;
@@ -82,4 +86,16 @@ async fn download_s3_list(url: &str, fetcher: &crate::fetch::Fetcher, dir: &Path
     tokio::io::copy(&mut body, &mut file).await.with_context(|| format!("failed to download input {url}"))?;
     file.flush().await?;
     Ok(path)
+}
+
+/// reqwest's message quotes the request URL, so the cause is kept only as redacted text.
+fn download_error(shown: &str, error: &reqwest::Error) -> anyhow::Error {
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    anyhow::anyhow!("failed to download input {shown}: {}", redact_urls(&message))
 }

@@ -14,6 +14,7 @@ pub mod model_source;
 pub mod net_guard;
 pub mod pipeline;
 pub mod progress;
+pub mod redact;
 pub mod s3;
 pub mod sink;
 pub mod status;

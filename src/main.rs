@@ -16,8 +16,10 @@ fn main() -> ExitCode {
     match runtime.block_on(capfilt::cli::execute(cli)) {
         Ok(code) => code,
         Err(error) => {
-            tracing::error!("{error:#}");
-            eprintln!("error: {error:#}");
+            // Errors may quote an input's URL; its password stays out of the log.
+            let message = capfilt::redact::redact_urls(&format!("{error:#}"));
+            tracing::error!("{message}");
+            eprintln!("error: {message}");
             ExitCode::FAILURE
         }
     }

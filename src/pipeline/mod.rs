@@ -5,6 +5,7 @@
 //! prepared, at most `batch_size * prefetch_batches` prepared images wait for the model, and a
 //! bounded number of shards are open at once, so memory does not grow with the input.
 
+mod in_flight;
 mod model;
 mod prepare;
 mod shard;
@@ -28,7 +29,8 @@ use crate::model_source::ResolvedModel;
 use crate::progress::Counts;
 use crate::sink::check_kept_columns;
 
-pub use model::{BatchItem, CaptionedRow, ModelStats};
+pub use in_flight::{ImageKey, InFlight, Joined, Waiter};
+pub use model::{BatchItem, CaptionedRow, ModelStage, ModelStats};
 pub use prepare::{ImageInfo, PreparedImage, Preparer, RowFailure};
 pub use shard::{Collected, OpenShard, PendingRow, ShardRecord};
 
@@ -69,6 +71,10 @@ pub struct RunSummary {
     pub filter_model: Option<ResolvedModel>,
     pub config: RunConfig,
     pub counts: Counts,
+    /// Images fetched (downloads and local file reads), one per distinct URL in flight.
+    pub downloads: u64,
+    /// Rows that used another row's fetch of the same URL instead of a fetch of their own.
+    pub deduplicated_rows: u64,
     pub shards: Vec<ShardRecord>,
     pub skipped_shards: Vec<String>,
     pub failed_inputs: Vec<(String, String)>,
@@ -123,17 +129,19 @@ pub async fn run(inputs: &[String], output: &Path, config: RunConfig) -> anyhow:
     let producer = spawn_producer(input_files, options, config.clone(), output.to_path_buf(), engine.work.clone(), engine.events.clone());
     producer.await.context("the input reader stopped unexpectedly")?;
     let (model, filter_model) = (engine.model.clone(), engine.filter_model.clone());
-    let (collected, stats) = engine.finish().await?;
+    let EngineTotals { collected, model: stats, fetches } = engine.finish().await?;
 
     let seconds = started.elapsed().as_secs_f64();
     let summary = RunSummary {
         version: env!("CARGO_PKG_VERSION"),
         output: output.to_path_buf(),
-        inputs: inputs.to_vec(),
+        inputs: inputs.iter().map(|input| crate::redact::redact_urls(input)).collect(),
         model,
         filter_model,
         images_per_second: collected.counts.ok as f64 / seconds.max(1e-9),
         counts: collected.counts,
+        downloads: fetches.downloads,
+        deduplicated_rows: fetches.deduplicated_rows,
         shards: collected.shards,
         skipped_shards: collected.skipped,
         failed_inputs: collected.failed_inputs,
@@ -154,7 +162,7 @@ pub struct Engine {
     work: mpsc::Sender<Work>,
     events: mpsc::UnboundedSender<Event>,
     collector: tokio::task::JoinHandle<anyhow::Result<shard::Collected>>,
-    dispatcher: tokio::task::JoinHandle<()>,
+    dispatcher: tokio::task::JoinHandle<FetchCounts>,
     model_thread: std::thread::JoinHandle<ModelStats>,
 }
 
@@ -170,7 +178,9 @@ impl Engine {
         let prefetch = config.run.batch_size * config.run.prefetch_batches.max(1);
         let (batch_tx, batch_rx) = flume::bounded::<BatchItem>(prefetch);
         let filter_model = filter.as_ref().map(|(m, _)| m.clone());
-        let model_thread = spawn_model_thread(captioner, filter.map(|(_, f)| f), batch_rx, events_tx.clone(), config);
+        let in_flight = Arc::new(InFlight::default());
+        let stage = ModelStage { captioner, filter: filter.map(|(_, f)| f), in_flight: in_flight.clone(), output: events_tx.clone() };
+        let model_thread = spawn_model_thread(stage, batch_rx, config);
 
         let preparer = Arc::new(Preparer {
             fetcher,
@@ -179,15 +189,16 @@ impl Engine {
             pool: Arc::new(decode_pool(config.run.decode_threads)?),
         });
         let (work_tx, work_rx) = mpsc::channel(1);
-        let dispatcher = tokio::spawn(dispatch(
-            work_rx,
+        let dispatcher = Dispatcher {
             preparer,
-            batch_tx,
-            events_tx.clone(),
-            open_shard_limit(config),
-            config.download.concurrency,
-            config.caption.seed,
-        ));
+            in_flight,
+            batches: batch_tx,
+            events: events_tx.clone(),
+            open_shards: Arc::new(Semaphore::new(open_shard_limit(config))),
+            downloads: Arc::new(Semaphore::new(config.download.concurrency)),
+            run_seed: config.caption.seed,
+        };
+        let dispatcher = tokio::spawn(dispatcher.run(work_rx));
 
         let (output, keep_cols) = (output.to_path_buf(), config.input.keep_cols.clone());
         let collector = tokio::spawn(async move { shard::collect(events_rx, &output, &keep_cols, &metadata).await });
@@ -209,15 +220,22 @@ impl Engine {
     }
 
     /// Lets queued shards finish, stops every stage and returns what the shard writer collected.
-    pub async fn finish(self) -> anyhow::Result<(shard::Collected, ModelStats)> {
+    pub async fn finish(self) -> anyhow::Result<EngineTotals> {
         drop(self.work);
         drop(self.events);
 
         let collected = self.collector.await.context("the shard writer stopped unexpectedly")?;
-        let stats = self.model_thread.join().map_err(|_| anyhow::anyhow!("the model thread panicked"))?;
-        self.dispatcher.await.context("the download dispatcher stopped unexpectedly")?;
-        Ok((collected?, stats))
+        let model = self.model_thread.join().map_err(|_| anyhow::anyhow!("the model thread panicked"))?;
+        let fetches = self.dispatcher.await.context("the download dispatcher stopped unexpectedly")?;
+        Ok(EngineTotals { collected: collected?, model, fetches })
     }
+}
+
+/// What an engine did from start to finish.
+pub struct EngineTotals {
+    pub collected: shard::Collected,
+    pub model: ModelStats,
+    pub fetches: FetchCounts,
 }
 
 async fn load_model(config: &RunConfig) -> anyhow::Result<(ResolvedModel, Captioner)> {
@@ -266,18 +284,12 @@ async fn load_filter(config: &RunConfig, image_size: usize) -> anyhow::Result<Op
     Ok(Some(loaded))
 }
 
-fn spawn_model_thread(
-    captioner: Captioner,
-    filter: Option<Filter>,
-    input: flume::Receiver<BatchItem>,
-    output: mpsc::UnboundedSender<Event>,
-    config: &RunConfig,
-) -> std::thread::JoinHandle<ModelStats> {
+fn spawn_model_thread(stage: ModelStage, input: flume::Receiver<BatchItem>, config: &RunConfig) -> std::thread::JoinHandle<ModelStats> {
     let batch_size = config.run.batch_size;
     let linger = Duration::from_millis(config.run.batch_linger_ms);
     std::thread::Builder::new()
         .name("capfilt-model".into())
-        .spawn(move || model::run_model_loop(captioner, filter, input, output, batch_size, linger))
+        .spawn(move || model::run_model_loop(stage, input, batch_size, linger))
         .expect("spawning the model thread")
 }
 
@@ -346,48 +358,82 @@ fn spawn_producer(
     })
 }
 
+/// How many fetches the dispatcher started, and how many rows it answered with another row's.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FetchCounts {
+    pub downloads: u64,
+    pub deduplicated_rows: u64,
+}
+
 /// Starts every row of each shard: rows the reader already rejected go straight to the
-/// collector; the others are downloaded and prepared with bounded concurrency.
-async fn dispatch(
-    mut work: mpsc::Receiver<Work>,
+/// collector; the others are downloaded and prepared with bounded concurrency, once per URL
+/// among the rows in flight.
+struct Dispatcher {
     preparer: Arc<Preparer>,
+    in_flight: Arc<InFlight>,
     batches: flume::Sender<BatchItem>,
     events: mpsc::UnboundedSender<Event>,
-    open_shards: usize,
-    concurrency: usize,
+    open_shards: Arc<Semaphore>,
+    downloads: Arc<Semaphore>,
     run_seed: u64,
-) {
-    let open_shards = Arc::new(Semaphore::new(open_shards));
-    let downloads = Arc::new(Semaphore::new(concurrency));
-    let mut sequence = 0u64;
+}
 
-    while let Some(Work::Shard { shard, base_dir, done }) = work.recv().await {
-        let permit = open_shards.clone().acquire_owned().await.expect("semaphore is never closed");
-        let open = OpenShard::new(sequence, &shard, permit, done);
-        let pending = open.pending_rows();
-        if events.send(Event::Opened(open)).is_err() {
-            return;
-        }
+impl Dispatcher {
+    async fn run(self, mut work: mpsc::Receiver<Work>) -> FetchCounts {
+        let mut counts = FetchCounts::default();
+        let mut sequence = 0u64;
 
-        for PendingRow { row, url, key, web_caption } in pending {
-            let id = RowId { shard: sequence, row };
-            let seed = row_seed(run_seed, &key);
-            let permit = downloads.clone().acquire_owned().await.expect("semaphore is never closed");
-            let (preparer, batches, events, base_dir) = (preparer.clone(), batches.clone(), events.clone(), base_dir.clone());
-            tokio::spawn(async move {
-                match preparer.prepare(&url, base_dir).await {
-                    Ok(image) => {
-                        let item = BatchItem { row: id, seed, web_caption, pixels: image.pixels, info: image.info };
-                        let _ = batches.send_async(item).await;
-                    }
-                    Err(failure) => {
-                        let _ = events.send(Event::Failed { row: id, failure });
-                    }
+        while let Some(Work::Shard { shard, base_dir, done }) = work.recv().await {
+            let permit = self.open_shards.clone().acquire_owned().await.expect("semaphore is never closed");
+            let open = OpenShard::new(sequence, &shard, permit, done);
+            let pending = open.pending_rows();
+            if self.events.send(Event::Opened(open)).is_err() {
+                return counts;
+            }
+
+            for row in pending {
+                match self.start_row(sequence, row, &base_dir).await {
+                    Joined::First => counts.downloads += 1,
+                    Joined::Shared => counts.deduplicated_rows += 1,
                 }
-                drop(permit);
-            });
+            }
+            sequence += 1;
         }
-        sequence += 1;
+        counts
+    }
+
+    /// Joins the row to a fetch of its image already in flight, or starts one once a download
+    /// slot is free. Rows that join take no slot: they cost no download.
+    async fn start_row(&self, shard: u64, row: PendingRow, base_dir: &Option<PathBuf>) -> Joined {
+        let PendingRow { row, url, key, web_caption } = row;
+        let image = ImageKey { url, base_dir: base_dir.clone() };
+        let waiter = Waiter { row: RowId { shard, row }, web_caption };
+        if self.in_flight.join(&image, waiter) == Joined::Shared {
+            return Joined::Shared;
+        }
+
+        let permit = self.downloads.clone().acquire_owned().await.expect("semaphore is never closed");
+        let seed = row_seed(self.run_seed, &key);
+        let (preparer, in_flight, batches, events) =
+            (self.preparer.clone(), self.in_flight.clone(), self.batches.clone(), self.events.clone());
+        tokio::spawn(async move {
+            match preparer.prepare(&image.url, image.base_dir.clone()).await {
+                Ok(prepared) => {
+                    let item = BatchItem { image, seed, pixels: prepared.pixels, info: prepared.info };
+                    let _ = batches.send_async(item).await;
+                }
+                Err(failure) => fail_waiting_rows(&in_flight, &image, &failure, &events),
+            }
+            drop(permit);
+        });
+        Joined::First
+    }
+}
+
+/// Gives every row waiting for `image` the same failure.
+fn fail_waiting_rows(in_flight: &InFlight, image: &ImageKey, failure: &RowFailure, events: &mpsc::UnboundedSender<Event>) {
+    for waiter in in_flight.take(image) {
+        let _ = events.send(Event::Failed { row: waiter.row, failure: failure.clone() });
     }
 }
 

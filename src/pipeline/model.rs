@@ -1,27 +1,34 @@
 //! The model stage: one OS thread owns the captioner and pulls prepared images from a bounded
 //! channel, filling batches across shards.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use candle_core::Tensor;
 use capfilt_workers::filter::{Filter, TextScore};
-use capfilt_workers::{Caption, Captioner};
+use capfilt_workers::{Caption, Captioner, ModelError};
 
+use super::in_flight::{ImageKey, InFlight, Waiter};
 use super::prepare::ImageInfo;
 use super::{Event, RowId};
 
-/// An image waiting for the model.
+/// Texts the filter scores in one pass at most. Many rows sharing a popular image each bring a
+/// web caption, and one pass over all of them could need more memory than a whole batch.
+const MAX_TEXTS_PER_PASS: usize = 256;
+
+/// An image waiting for the model. Its rows are looked up in the in-flight table once the batch
+/// has run, so rows that joined meanwhile get its results too.
 pub struct BatchItem {
-    pub row: RowId,
-    /// Sampling seed derived from the run seed and the row key, so captions do not depend on
-    /// batch composition.
+    pub image: ImageKey,
+    /// Sampling seed derived from the run seed and the key of the row that started the fetch, so
+    /// captions do not depend on batch composition.
     pub seed: u64,
-    /// The input's web caption, scored by the filter.
-    pub web_caption: Option<String>,
     pub pixels: Vec<f32>,
     pub info: ImageInfo,
 }
 
 /// Generated captions of a row and, with the filter on, the scores of every text.
+#[derive(Clone)]
 pub struct RowCaptions {
     pub captions: Vec<Caption>,
     pub web_score: Option<TextScore>,
@@ -43,17 +50,18 @@ pub struct ModelStats {
     pub busy: Duration,
 }
 
+/// What the model thread owns and where it sends results.
+pub struct ModelStage {
+    pub captioner: Captioner,
+    pub filter: Option<Filter>,
+    pub in_flight: Arc<InFlight>,
+    pub output: tokio::sync::mpsc::UnboundedSender<Event>,
+}
+
 /// Runs batches until the input channel closes and is drained.
-pub fn run_model_loop(
-    captioner: Captioner,
-    filter: Option<Filter>,
-    input: flume::Receiver<BatchItem>,
-    output: tokio::sync::mpsc::UnboundedSender<Event>,
-    batch_size: usize,
-    linger: Duration,
-) -> ModelStats {
+pub fn run_model_loop(stage: ModelStage, input: flume::Receiver<BatchItem>, batch_size: usize, linger: Duration) -> ModelStats {
     let mut stats = ModelStats::default();
-    let size = captioner.image_size();
+    let size = stage.captioner.image_size();
     let mut pixels: Vec<f32> = Vec::with_capacity(batch_size * 3 * size * size);
 
     while let Some(batch) = next_batch(&input, batch_size, linger) {
@@ -63,7 +71,13 @@ pub fn run_model_loop(
             pixels.extend_from_slice(&item.pixels);
         }
 
-        let result = caption_and_score(&captioner, filter.as_ref(), &batch, &pixels).map_err(|e| format!("{e:#}"));
+        let captioned = caption_batch(&stage.captioner, &batch, &pixels);
+        // Taken after captioning, so rows that joined while the batch ran are answered by it.
+        let waiters: Vec<Vec<Waiter>> = batch.iter().map(|item| stage.in_flight.take(&item.image)).collect();
+        let result = captioned
+            .and_then(|(pixel_values, captions)| results_for_rows(stage.filter.as_ref(), &pixel_values, captions, &waiters))
+            .map_err(|e| format!("{e:#}"));
+
         let elapsed = started.elapsed();
         stats.batches += 1;
         stats.images += batch.len() as u64;
@@ -73,64 +87,115 @@ pub fn run_model_loop(
         if let Err(error) = &result {
             tracing::error!(images = batch.len(), %error, "caption batch failed");
         }
-        if send_results(batch, result, &output).is_err() {
+        if send_results(batch, waiters, result, &stage.output).is_err() {
             break;
         }
     }
     stats
 }
 
-/// Captions a batch and, with a filter, scores each image's web caption and generated captions
-/// on the same preprocessed pixels.
-fn caption_and_score(
-    captioner: &Captioner,
-    filter: Option<&Filter>,
-    batch: &[BatchItem],
-    pixels: &[f32],
-) -> Result<Vec<RowCaptions>, capfilt_workers::ModelError> {
+fn caption_batch(captioner: &Captioner, batch: &[BatchItem], pixels: &[f32]) -> Result<(Tensor, Vec<Vec<Caption>>), ModelError> {
     let seeds: Vec<u64> = batch.iter().map(|item| item.seed).collect();
     let pixel_values = captioner.pixel_tensor(pixels, batch.len())?;
     let captions = captioner.caption(&pixel_values, &seeds)?;
+    Ok((pixel_values, captions))
+}
 
+/// Gives every waiting row its image's captions and, with a filter, scores each row's own web
+/// caption and the image's generated captions on the same preprocessed pixels.
+fn results_for_rows(
+    filter: Option<&Filter>,
+    pixel_values: &Tensor,
+    captions: Vec<Vec<Caption>>,
+    waiters: &[Vec<Waiter>],
+) -> Result<Vec<Vec<RowCaptions>>, ModelError> {
     let Some(filter) = filter else {
-        return Ok(captions.into_iter().map(|captions| RowCaptions { captions, web_score: None, caption_scores: None }).collect());
+        let unscored = |captions: Vec<Caption>| RowCaptions { captions, web_score: None, caption_scores: None };
+        return Ok(captions.into_iter().zip(waiters).map(|(c, rows)| vec![unscored(c); rows.len()]).collect());
     };
 
-    let texts: Vec<Vec<&str>> = batch
+    // Per image: the web captions of its rows that have one, then its generated captions.
+    let texts: Vec<Vec<&str>> = waiters
         .iter()
         .zip(&captions)
-        .map(|(item, generated)| item.web_caption.iter().map(String::as_str).chain(generated.iter().map(|c| c.text.as_str())).collect())
-        .collect();
-    let scores = filter.score_pixels(&pixel_values, &texts)?;
-
-    Ok(batch
-        .iter()
-        .zip(captions)
-        .zip(scores)
-        .map(|((item, captions), mut scores)| {
-            let web_score = item.web_caption.is_some().then(|| scores.remove(0));
-            RowCaptions { captions, web_score, caption_scores: Some(scores) }
+        .map(|(rows, generated)| {
+            let web = rows.iter().filter_map(|w| w.web_caption.as_deref());
+            web.chain(generated.iter().map(|c| c.text.as_str())).collect()
         })
-        .collect())
+        .collect();
+    let scores = score_in_passes(filter, pixel_values, &texts)?;
+
+    Ok(captions.into_iter().zip(waiters).zip(scores).map(|((captions, rows), scores)| split_scores(captions, rows, scores)).collect())
+}
+
+/// Hands each row its own web caption's score; the generated captions' scores follow the web
+/// ones and are the same for every row.
+fn split_scores(captions: Vec<Caption>, rows: &[Waiter], mut scores: Vec<TextScore>) -> Vec<RowCaptions> {
+    let web_count = rows.iter().filter(|w| w.web_caption.is_some()).count();
+    let caption_scores = scores.split_off(web_count);
+    let mut web_scores = scores.into_iter();
+
+    rows.iter()
+        .map(|row| RowCaptions {
+            captions: captions.clone(),
+            web_score: row.web_caption.as_ref().and_then(|_| web_scores.next()),
+            caption_scores: Some(caption_scores.clone()),
+        })
+        .collect()
+}
+
+/// Scores `texts[i]` against image `i`, encoding the images once and sending at most
+/// `MAX_TEXTS_PER_PASS` texts through the ITM head at a time.
+fn score_in_passes(filter: &Filter, pixel_values: &Tensor, texts: &[Vec<&str>]) -> Result<Vec<Vec<TextScore>>, ModelError> {
+    let mut scores: Vec<Vec<TextScore>> = texts.iter().map(|_| Vec::new()).collect();
+    if texts.iter().all(Vec::is_empty) {
+        return Ok(scores);
+    }
+    let image_embeds = filter.encode_images(pixel_values)?;
+
+    let mut done = vec![0usize; texts.len()];
+    loop {
+        let pass = next_pass(texts, &done);
+        if pass.iter().all(Vec::is_empty) {
+            return Ok(scores);
+        }
+        for (i, part) in filter.score(&image_embeds, &pass)?.into_iter().enumerate() {
+            done[i] += part.len();
+            scores[i].extend(part);
+        }
+    }
+}
+
+/// The next texts to score: image by image, from where the previous passes stopped, until the
+/// pass is full.
+fn next_pass<'a>(texts: &[Vec<&'a str>], done: &[usize]) -> Vec<Vec<&'a str>> {
+    let mut room = MAX_TEXTS_PER_PASS;
+    texts
+        .iter()
+        .zip(done)
+        .map(|(texts, &done)| {
+            let take = (texts.len() - done).min(room);
+            room -= take;
+            texts[done..done + take].to_vec()
+        })
+        .collect()
 }
 
 fn send_results(
     batch: Vec<BatchItem>,
-    result: Result<Vec<RowCaptions>, String>,
+    waiters: Vec<Vec<Waiter>>,
+    result: Result<Vec<Vec<RowCaptions>>, String>,
     output: &tokio::sync::mpsc::UnboundedSender<Event>,
 ) -> Result<(), ()> {
-    match result {
-        Ok(captions) => {
-            for (item, captions) in batch.into_iter().zip(captions) {
-                let row = CaptionedRow { row: item.row, info: item.info, result: Ok(captions) };
-                output.send(Event::Captioned(row)).map_err(|_| ())?;
-            }
-        }
-        Err(error) => {
-            for item in batch {
-                let row = CaptionedRow { row: item.row, info: item.info, result: Err(error.clone()) };
-                output.send(Event::Captioned(row)).map_err(|_| ())?;
-            }
+    let answers: Vec<Vec<Result<RowCaptions, String>>> = match result {
+        Ok(per_image) => per_image.into_iter().map(|rows| rows.into_iter().map(Ok).collect()).collect(),
+        Err(error) => waiters.iter().map(|rows| vec![Err(error.clone()); rows.len()]).collect(),
+    };
+
+    for ((item, rows), answers) in batch.into_iter().zip(waiters).zip(answers) {
+        for (waiter, result) in rows.into_iter().zip(answers) {
+            let row = CaptionedRow { row: waiter.row, info: item.info.clone(), result };
+            output.send(Event::Captioned(row)).map_err(|_| ())?;
         }
     }
     Ok(())
