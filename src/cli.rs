@@ -35,6 +35,10 @@ pub enum Command {
     Config(ConfigCommand),
     /// Write the bootstrapped dataset (kept web and synthetic captions) from shard files.
     Export(ExportArgs),
+    /// Write a static HTML report of an output folder: statuses, scores, caption lengths, samples.
+    Report(crate::report::ReportArgs),
+    /// Print the schema, row groups, capfilt metadata and first rows of one Parquet file.
+    Inspect(crate::inspect::InspectArgs),
 }
 
 #[derive(Debug, Args)]
@@ -347,6 +351,15 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 counts.rows,
                 args.output.display()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report(args) => {
+            let (path, stats) = crate::report::run(&args)?;
+            eprintln!("wrote the report of {} rows in {} shard files to {}", stats.rows, stats.shard_files.len(), path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect(args) => {
+            crate::inspect::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Show(settings)) => {
