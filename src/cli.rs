@@ -41,6 +41,10 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Show a distributed run's progress: shards done, in flight and failed, and images/s.
     Status(StatusArgs),
+    /// Write a static HTML report of an output folder: statuses, scores, caption lengths, samples.
+    Report(crate::report::ReportArgs),
+    /// Print the schema, row groups, capfilt metadata and first rows of one Parquet file.
+    Inspect(crate::inspect::InspectArgs),
 }
 
 #[derive(Debug, Args)]
@@ -422,6 +426,15 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{status}");
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report(args) => {
+            let (path, stats) = crate::report::run(&args)?;
+            eprintln!("wrote the report of {} rows in {} shard files to {}", stats.rows, stats.shard_files.len(), path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect(args) => {
+            crate::inspect::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Show(settings)) => {

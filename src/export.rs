@@ -67,7 +67,8 @@ pub fn export(dir: &Path, output: &Path, format: ExportFormat, unfiltered: bool)
     Ok(counts)
 }
 
-fn shard_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+/// Lists the shard files of an output folder, sorted, leaving out hidden temporary files.
+pub(crate) fn shard_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let entries = std::fs::read_dir(dir).with_context(|| format!("failed to read output folder {}", dir.display()))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))

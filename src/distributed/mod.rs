@@ -118,28 +118,9 @@ impl std::fmt::Display for Secret {
 /// Removes `user:password@` from each URL of a comma-separated list, for logs and errors.
 pub fn redact_url_list(urls: &str) -> String {
     urls.split(',')
-        .map(|url| redact_userinfo(url.trim()))
+        .map(|url| crate::redact::redact_urls(url.trim()))
         .collect::<Vec<_>>()
         .join(",")
-}
-
-/// Removes userinfo (`user:password@`) from one URL; text that is no URL comes back unchanged.
-pub fn redact_userinfo(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let authority_start = scheme_end + 3;
-    let authority_end = url[authority_start..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |i| authority_start + i);
-    match url[authority_start..authority_end].rfind('@') {
-        Some(at) => format!(
-            "{}***@{}",
-            &url[..authority_start],
-            &url[authority_start + at + 1..]
-        ),
-        None => url.to_string(),
-    }
 }
 
 impl NatsArgs {
@@ -454,23 +435,10 @@ mod tests {
     }
 
     #[test]
-    fn userinfo_is_redacted() {
-        assert_eq!(
-            redact_userinfo("nats://user:pw@127.0.0.1:4222"),
-            "nats://***@127.0.0.1:4222"
-        );
-        assert_eq!(
-            redact_userinfo("nats://token@host/x@y"),
-            "nats://***@host/x@y"
-        );
-        assert_eq!(
-            redact_userinfo("nats://127.0.0.1:4222"),
-            "nats://127.0.0.1:4222"
-        );
-        assert_eq!(
-            redact_url_list("nats://a:b@h1, nats://h2"),
-            "nats://***@h1,nats://h2"
-        );
+    fn server_list_is_redacted() {
+        assert_eq!(redact_url_list("nats://user:pw@127.0.0.1:4222"), "nats://***@127.0.0.1:4222");
+        assert_eq!(redact_url_list("nats://a:b@h1, nats://h2"), "nats://***@h1,nats://h2");
+        assert_eq!(redact_url_list("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
     }
 
     #[test]
