@@ -59,6 +59,9 @@ pub struct CoordinatorArgs {
     /// Run id; the same id resumes a run. Default: derived from the inputs and the output.
     #[arg(long, env = "CAPFILT_RUN_ID")]
     pub run_id: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (for example 0.0.0.0:9464).
+    #[arg(long, env = "CAPFILT_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub nats: crate::distributed::NatsArgs,
     #[command(flatten)]
@@ -91,6 +94,9 @@ pub struct WorkerArgs {
     /// Name in logs and shard states. Default: host name and process id.
     #[arg(long, env = "CAPFILT_WORKER_NAME")]
     pub name: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (for example 0.0.0.0:9464).
+    #[arg(long, env = "CAPFILT_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -135,6 +141,10 @@ pub struct RunArgs {
     /// Folder for the shard files and manifest.json.
     #[arg(long, short, env = "CAPFILT_OUTPUT")]
     pub output: PathBuf,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics while the run lasts.
+    #[arg(long, env = "CAPFILT_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 
     #[command(flatten)]
     pub settings: Settings,
@@ -446,6 +456,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = args.settings.resolve()?;
+    if let Some(addr) = args.metrics_addr {
+        crate::metrics::serve(addr).await?;
+        crate::metrics::watch_gpu_memory(&config.model.device);
+    }
     tracing::info!(output = %args.output.display(), "starting run with config:\n{}", config.to_toml());
 
     let summary = tokio::select! {
@@ -469,6 +483,9 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     let config = args.settings.resolve()?;
+    if let Some(addr) = args.metrics_addr {
+        crate::metrics::serve(addr).await?;
+    }
     let options = crate::distributed::coordinator::CoordinatorOptions {
         inputs: args.inputs,
         output: args.output,
@@ -513,6 +530,10 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    if let Some(addr) = args.metrics_addr {
+        crate::metrics::serve(addr).await?;
+        crate::metrics::watch_gpu_memory(args.device.as_deref().unwrap_or("cpu"));
+    }
     let name = args.name.unwrap_or_else(default_worker_name);
     let options = crate::distributed::worker::WorkerOptions {
         nats: args.nats,

@@ -11,6 +11,7 @@ pub mod export;
 pub mod fetch;
 pub mod inputs;
 pub mod inspect;
+pub mod metrics;
 pub mod model_source;
 pub mod net_guard;
 pub mod pipeline;

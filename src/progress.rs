@@ -72,6 +72,9 @@ impl Progress {
 
     pub fn record(&mut self, status: RowStatus) {
         self.counts.add(status);
+        let metrics = crate::metrics::metrics();
+        metrics.record_row(status);
+        metrics.images_per_second.set(self.images_per_second());
         let message = self.message();
         if let Some(bar) = &self.bar {
             bar.set_position(self.counts.rows);

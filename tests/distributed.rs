@@ -140,17 +140,24 @@ fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool
 /// so it can be restarted with its streams intact.
 struct NatsServer {
     port: u16,
+    /// Extra server options, such as authentication.
+    options: Vec<String>,
     store: tempfile::TempDir,
     process: Option<Process>,
 }
 
 impl NatsServer {
     fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    fn start_with(options: &[&str]) -> Option<Self> {
         if !installed("nats-server") {
             return None;
         }
         let mut server = NatsServer {
             port: free_port(),
+            options: options.iter().map(|o| o.to_string()).collect(),
             store: tempfile::tempdir().unwrap(),
             process: None,
         };
@@ -160,6 +167,7 @@ impl NatsServer {
 
     fn launch(&mut self) {
         let mut command = Command::new("nats-server");
+        command.args(&self.options);
         command
             .args([
                 "-js",
@@ -846,4 +854,254 @@ fn coordinator_rejects_invalid_run_id() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("invalid run id"), "{stderr}");
+}
+
+/// Sends one HTTP GET over a plain TCP connection and returns the body.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+/// Returns the value of the sample line starting with `series` (name and labels).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[test]
+fn metrics_served_by_worker_and_coordinator() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let images = SlowImages::start(Duration::from_millis(200));
+    let dir = tempfile::tempdir().unwrap();
+    let list = write_list(dir.path(), &images, 8);
+    let out = dir.path().join("out");
+    let (worker_port, coordinator_port) = (free_port(), free_port());
+
+    let mut command = capfilt();
+    command.args([
+        "worker",
+        "--nats",
+        &nats.url(),
+        "--metrics-addr",
+        &format!("127.0.0.1:{worker_port}"),
+    ]);
+    let worker = Process::spawn(command, dir.path().join("worker.log"));
+    let model = tiny_captioner();
+    let mut command = capfilt();
+    command.arg("coordinator").arg(&list).args([
+        "--output",
+        out.to_str().unwrap(),
+        "--nats",
+        &nats.url(),
+    ]);
+    command.args([
+        "--model",
+        model.to_str().unwrap(),
+        "--decoding",
+        "greedy",
+        "--allow-private-networks",
+        "--shard-size",
+        "2",
+    ]);
+    command.args(["--metrics-addr", &format!("127.0.0.1:{coordinator_port}")]);
+    let mut coordinator = Process::spawn(command, dir.path().join("coordinator.log"));
+
+    coordinator.wait_for_log("jobs published", Duration::from_secs(60));
+    let text = http_get(coordinator_port, "/metrics");
+    for series in [
+        "capfilt_run_shards{state=\"queued\"}",
+        "capfilt_queue_pending",
+        "capfilt_queue_ack_pending",
+    ] {
+        assert!(
+            sample(&text, series).is_some(),
+            "coordinator exports {series}:\n{text}"
+        );
+    }
+    coordinator.expect_success(RUN_TIMEOUT);
+
+    // The worker counts a shard after acknowledging it, a moment after the coordinator sees it done.
+    let done = "capfilt_worker_shards_total{outcome=\"done\"}";
+    wait_until(Duration::from_secs(10), "four shards counted", || {
+        sample(&http_get(worker_port, "/metrics"), done) == Some(4.0)
+    });
+    let text = http_get(worker_port, "/metrics");
+    assert_eq!(
+        sample(&text, "capfilt_rows_total{status=\"ok\"}"),
+        Some(8.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "capfilt_worker_shards_total{outcome=\"done\"}"),
+        Some(4.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "capfilt_downloads_total"),
+        Some(8.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "capfilt_download_bytes_total").unwrap() > 8.0 * 1000.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "capfilt_batch_seconds_count").unwrap() >= 1.0,
+        "{text}"
+    );
+    assert_eq!(sample(&text, "capfilt_batch_size_sum"), Some(8.0), "{text}");
+    assert_eq!(
+        sample(&text, "capfilt_worker_shards_in_flight"),
+        Some(0.0),
+        "{text}"
+    );
+    drop(worker);
+}
+
+#[test]
+fn token_auth_and_secret_kept_out_of_logs() {
+    const TOKEN: &str = "tok-9f8e7d6c5b4a";
+    let Some(nats) = NatsServer::start_with(&["--auth", TOKEN]) else {
+        return;
+    };
+    let images = SlowImages::start(Duration::from_millis(10));
+    let dir = tempfile::tempdir().unwrap();
+    let list = write_list(dir.path(), &images, 4);
+    let out = dir.path().join("out");
+
+    let model = tiny_captioner();
+    let nats_url = nats.url();
+    let without_token = [
+        "coordinator",
+        list.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--nats",
+        &nats_url,
+        "--model",
+        model.to_str().unwrap(),
+    ];
+    let rejected = run_capfilt(&without_token, &[], Duration::from_secs(60));
+    assert!(
+        !rejected.status.success(),
+        "a coordinator without the token is rejected"
+    );
+    let stderr = String::from_utf8_lossy(&rejected.stderr);
+    assert!(stderr.contains("failed to connect to NATS"), "{stderr}");
+
+    let mut command = capfilt();
+    command.arg("coordinator").arg(&list).args([
+        "--output",
+        out.to_str().unwrap(),
+        "--run-id",
+        "token",
+    ]);
+    command.args([
+        "--model",
+        model.to_str().unwrap(),
+        "--decoding",
+        "greedy",
+        "--allow-private-networks",
+    ]);
+    command
+        .env("CAPFILT_NATS_URL", nats.url())
+        .env("CAPFILT_NATS_TOKEN", TOKEN)
+        .env("RUST_LOG", "debug");
+    let mut coordinator = Process::spawn(command, dir.path().join("coordinator-token.log"));
+    let mut command = capfilt();
+    command
+        .args(["worker", "--exit-when-idle", "--nats-token", TOKEN])
+        .env("CAPFILT_NATS_URL", nats.url())
+        .env("RUST_LOG", "debug");
+    let mut worker = Process::spawn(command, dir.path().join("worker.log"));
+
+    coordinator.expect_success(RUN_TIMEOUT);
+    worker.expect_success(Duration::from_secs(60));
+    assert_rows_once(&out, &list, 4);
+    for log in [coordinator.log_text(), worker.log_text()] {
+        assert!(!log.contains(TOKEN), "the token stays out of logs:\n{log}");
+    }
+    let manifest = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+    assert!(!manifest.contains(TOKEN));
+
+    let rejected = capfilt()
+        .args([
+            "status",
+            "--nats",
+            &nats.url(),
+            "--run-id",
+            "token",
+            "--nats-token",
+            "wrong-token",
+        ])
+        .output()
+        .unwrap();
+    assert!(!rejected.status.success(), "a wrong token is rejected");
+    let stderr = String::from_utf8_lossy(&rejected.stderr);
+    assert!(stderr.contains("failed to connect to NATS"), "{stderr}");
+    assert!(!stderr.contains("wrong-token"), "{stderr}");
+}
+
+#[test]
+fn user_password_auth() {
+    let Some(nats) = NatsServer::start_with(&["--user", "capfilt", "--pass", "pw-5e4d3c2b"]) else {
+        return;
+    };
+    let images = SlowImages::start(Duration::from_millis(10));
+    let dir = tempfile::tempdir().unwrap();
+    let list = write_list(dir.path(), &images, 2);
+    let out = dir.path().join("out");
+
+    let model = tiny_captioner();
+    let auth = ["--nats-user", "capfilt", "--nats-password", "pw-5e4d3c2b"];
+    let mut command = capfilt();
+    command.arg("coordinator").arg(&list).args([
+        "--output",
+        out.to_str().unwrap(),
+        "--nats",
+        &nats.url(),
+        "--run-id",
+        "userpass",
+    ]);
+    command
+        .args([
+            "--model",
+            model.to_str().unwrap(),
+            "--decoding",
+            "greedy",
+            "--allow-private-networks",
+        ])
+        .args(auth);
+    let mut coordinator = Process::spawn(command, dir.path().join("coordinator.log"));
+    let mut command = capfilt();
+    command
+        .args(["worker", "--exit-when-idle", "--nats", &nats.url()])
+        .args(auth);
+    let mut worker = Process::spawn(command, dir.path().join("worker.log"));
+
+    coordinator.expect_success(RUN_TIMEOUT);
+    worker.expect_success(Duration::from_secs(60));
+    assert_rows_once(&out, &list, 2);
+    assert!(!coordinator.log_text().contains("pw-5e4d3c2b"));
 }

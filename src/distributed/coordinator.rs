@@ -419,6 +419,8 @@ async fn follow(
         .map_err(|e| anyhow::anyhow!("failed to subscribe to advisories: {e}"))?;
     let mut progress = ShardProgress::new(shards.len() as u64);
     progress.update(&shards);
+    // Created once, so a steady stream of state updates cannot keep postponing the log line.
+    let mut ticker = tokio::time::interval(LOG_INTERVAL);
 
     while !all_final(&shards) {
         let mut watch = match queue
@@ -453,13 +455,28 @@ async fn follow(
                 Some(message) = advisories.next() => {
                     record_exhausted(queue, run_id, &shards, &message.payload).await;
                 }
-                _ = tokio::time::sleep(LOG_INTERVAL) => progress.log(&shards),
+                _ = ticker.tick() => {
+                    progress.log(&shards);
+                    update_queue_metrics(queue).await;
+                }
             }
         }
     }
 
     progress.finish(&shards);
     Ok(shards)
+}
+
+/// Copies the worker consumer's backlog into the queue gauges.
+async fn update_queue_metrics(queue: &Queue) {
+    let mut consumer = queue.consumer.clone();
+    let Ok(info) = consumer.info().await else {
+        return;
+    };
+    let metrics = crate::metrics::metrics();
+    metrics.queue_pending.set(info.num_pending as i64);
+    metrics.queue_ack_pending.set(info.num_ack_pending as i64);
+    metrics.queue_redelivered.set(info.num_redelivered as i64);
 }
 
 fn all_final(shards: &BTreeMap<String, Option<ShardState>>) -> bool {
@@ -634,6 +651,7 @@ impl ShardProgress {
 
     fn update(&mut self, shards: &BTreeMap<String, Option<ShardState>>) {
         let tally = Tally::of(shards);
+        tally.export(self.started);
         if let Some(bar) = &self.bar {
             bar.set_position(tally.done + tally.failed);
             bar.set_message(format!(
@@ -690,6 +708,20 @@ impl Tally {
             }
         }
         tally
+    }
+
+    /// Sets the run gauges from this tally.
+    fn export(&self, since: Instant) {
+        let metrics = crate::metrics::metrics();
+        for (state, count) in [
+            ("done", self.done),
+            ("failed", self.failed),
+            ("running", self.running),
+            ("queued", self.queued),
+        ] {
+            metrics.set_run_shards(state, count);
+        }
+        metrics.images_per_second.set(self.rate(since));
     }
 
     fn rate(&self, since: Instant) -> f64 {

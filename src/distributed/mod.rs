@@ -436,9 +436,18 @@ mod tests {
 
     #[test]
     fn server_list_is_redacted() {
-        assert_eq!(redact_url_list("nats://user:pw@127.0.0.1:4222"), "nats://***@127.0.0.1:4222");
-        assert_eq!(redact_url_list("nats://a:b@h1, nats://h2"), "nats://***@h1,nats://h2");
-        assert_eq!(redact_url_list("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(
+            redact_url_list("nats://user:pw@127.0.0.1:4222"),
+            "nats://***@127.0.0.1:4222"
+        );
+        assert_eq!(
+            redact_url_list("nats://a:b@h1, nats://h2"),
+            "nats://***@h1,nats://h2"
+        );
+        assert_eq!(
+            redact_url_list("nats://127.0.0.1:4222"),
+            "nats://127.0.0.1:4222"
+        );
     }
 
     #[test]

@@ -70,6 +70,18 @@ enum Outcome {
     HandedBack,
 }
 
+impl Outcome {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Done => "done",
+            Outcome::Skipped => "skipped",
+            Outcome::Failed => "failed",
+            Outcome::Retried => "retried",
+            Outcome::HandedBack => "handed_back",
+        }
+    }
+}
+
 /// A job failure: transient ones are retried until deliveries run out, permanent ones fail the
 /// shard at once.
 struct JobError {
@@ -204,7 +216,8 @@ pub async fn run(options: WorkerOptions) -> anyhow::Result<WorkerSummary> {
                 }
             }
             let engine = engine.as_ref().expect("started above").engine.clone();
-            tasks.spawn(handle_job(message, job, engine, shared.clone()));
+            crate::metrics::metrics().shards_in_flight.inc();
+            tasks.spawn(handle_job_counted(message, job, engine, shared.clone()));
         }
     }
 
@@ -361,6 +374,11 @@ async fn drain(tasks: &mut JoinSet<Outcome>, summary: &mut WorkerSummary) {
 }
 
 fn record(joined: Result<Outcome, tokio::task::JoinError>, summary: &mut WorkerSummary) {
+    if joined.is_err() {
+        let metrics = crate::metrics::metrics();
+        metrics.shards_in_flight.dec();
+        metrics.record_shard("panicked");
+    }
     match joined {
         Ok(Outcome::Done) => summary.done += 1,
         Ok(Outcome::Skipped) => summary.skipped += 1,
@@ -402,6 +420,20 @@ async fn shut_down(
             "some jobs could not be handed back; the server redelivers them after the ack wait"
         );
     }
+}
+
+/// Runs `handle_job` and counts its outcome in the metrics as soon as it is settled.
+async fn handle_job_counted(
+    message: jetstream::Message,
+    job: Job,
+    engine: Arc<Engine>,
+    shared: Arc<Shared>,
+) -> Outcome {
+    let outcome = handle_job(message, job, engine, shared).await;
+    let metrics = crate::metrics::metrics();
+    metrics.shards_in_flight.dec();
+    metrics.record_shard(outcome.as_str());
+    outcome
 }
 
 /// Processes one job and settles it: acknowledged when done, retried with a delay on a

@@ -82,6 +82,7 @@ pub fn run_model_loop(stage: ModelStage, input: flume::Receiver<BatchItem>, batc
         stats.batches += 1;
         stats.images += batch.len() as u64;
         stats.busy += elapsed;
+        crate::metrics::metrics().record_batch(batch.len(), elapsed);
         tracing::debug!(images = batch.len(), ms = elapsed.as_millis() as u64, "batch captioned");
 
         if let Err(error) = &result {

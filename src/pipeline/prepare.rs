@@ -52,6 +52,7 @@ impl Preparer {
             .fetch(&location)
             .await
             .map_err(|e| RowFailure { status: e.status, message: e.message, info: None })?;
+        crate::metrics::metrics().record_download(bytes.len());
 
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let limits = self.limits;
