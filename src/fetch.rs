@@ -240,43 +240,44 @@ impl Fetcher {
     /// address guard does not apply to it.
     async fn fetch_s3_with_retries(&self, url: &S3Url) -> Result<Vec<u8>, FetchError> {
         let client = self.s3.get().await;
+        let deadline = Duration::from_secs_f64(self.config.timeout_secs);
 
-        let mut attempt = 0;
-        loop {
-            let deadline = Duration::from_secs_f64(self.config.timeout_secs);
-            let result = tokio::time::timeout(deadline, crate::s3::get_capped(client, url, self.config.max_bytes))
+        self.with_retries(&url.to_string(), || async {
+            tokio::time::timeout(deadline, crate::s3::get_capped(client, url, self.config.max_bytes))
                 .await
-                .unwrap_or_else(|_| Err(FetchError::transient(RowStatus::Timeout, format!("{url}: read did not finish within {:.1} s", deadline.as_secs_f64()))));
-            let error = match result {
-                Ok(bytes) => return Ok(bytes),
-                Err(error) => error,
-            };
-            let Some(wait) = self.retry_wait(&error, attempt) else {
-                return Err(error);
-            };
-
-            tracing::debug!(%url, attempt, wait_ms = wait.as_millis() as u64, error = %error.message, "retrying S3 read");
-            tokio::time::sleep(wait).await;
-            attempt += 1;
-        }
+                .unwrap_or_else(|_| {
+                    let message = format!("{url}: read did not finish within {:.1} s", deadline.as_secs_f64());
+                    Err(FetchError::transient(RowStatus::Timeout, message))
+                })
+        })
+        .await
     }
 
     async fn fetch_http_with_retries(&self, url: &Url) -> Result<Vec<u8>, FetchError> {
         self.check_url(url)?;
+        self.with_retries(&redact_url(url), || self.fetch_http_once(url)).await
+    }
 
-        let mut attempt = 0;
+    /// Runs `attempt` until it succeeds or fails for good, sleeping between attempts as
+    /// `retry_wait` says. `label` names the resource in logs and must carry no secret.
+    async fn with_retries<F, Fut>(&self, label: &str, mut attempt: F) -> Result<Vec<u8>, FetchError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<u8>, FetchError>>,
+    {
+        let mut attempts = 0;
         loop {
-            let error = match self.fetch_http_once(url).await {
+            let error = match attempt().await {
                 Ok(bytes) => return Ok(bytes),
                 Err(error) => error,
             };
-            let Some(wait) = self.retry_wait(&error, attempt) else {
+            let Some(wait) = self.retry_wait(&error, attempts) else {
                 return Err(error);
             };
 
-            tracing::debug!(url = %redact_url(url), attempt, wait_ms = wait.as_millis() as u64, error = %error.message, "retrying download");
+            tracing::debug!(url = %label, attempt = attempts, wait_ms = wait.as_millis() as u64, error = %error.message, "retrying download");
             tokio::time::sleep(wait).await;
-            attempt += 1;
+            attempts += 1;
         }
     }
 

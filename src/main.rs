@@ -3,6 +3,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Clients built without an explicit provider (async-nats' TLS) need a process default.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+
     let cli = capfilt::cli::Cli::parse();
     capfilt::cli::init_logging(&cli);
 

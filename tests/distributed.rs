@@ -1105,3 +1105,265 @@ fn user_password_auth() {
     assert_rows_once(&out, &list, 2);
     assert!(!coordinator.log_text().contains("pw-5e4d3c2b"));
 }
+
+/// Runs a distributed run of `rows` rows with `extra` options on both processes and `env` set,
+/// and checks it completes with every row once. Returns the coordinator's and worker's logs.
+fn run_with_options(
+    nats: &NatsServer,
+    rows: usize,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (String, String) {
+    let images = SlowImages::start(Duration::from_millis(10));
+    let dir = tempfile::tempdir().unwrap();
+    let list = write_list(dir.path(), &images, rows);
+    let out = dir.path().join("out");
+    let model = tiny_captioner();
+
+    let mut command = capfilt();
+    command.arg("coordinator").arg(&list).args([
+        "--output",
+        out.to_str().unwrap(),
+        "--nats",
+        &nats.url(),
+    ]);
+    command
+        .args([
+            "--model",
+            model.to_str().unwrap(),
+            "--decoding",
+            "greedy",
+            "--allow-private-networks",
+        ])
+        .args(extra);
+    command.envs(env.iter().copied());
+    let mut coordinator = Process::spawn(command, dir.path().join("coordinator.log"));
+    let mut command = capfilt();
+    command
+        .args(["worker", "--exit-when-idle", "--nats", &nats.url()])
+        .args(extra)
+        .envs(env.iter().copied());
+    let mut worker = Process::spawn(command, dir.path().join("worker.log"));
+
+    coordinator.expect_success(RUN_TIMEOUT);
+    worker.expect_success(Duration::from_secs(60));
+    assert_rows_once(&out, &list, rows);
+    (coordinator.log_text(), worker.log_text())
+}
+
+#[test]
+fn nkey_auth() {
+    let pair = nkeys::KeyPair::new_user();
+    let seed = pair.seed().unwrap();
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("nkey.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "authorization {{ users = [ {{ nkey: \"{}\" }} ] }}\n",
+            pair.public_key()
+        ),
+    )
+    .unwrap();
+    let Some(nats) = NatsServer::start_with(&["-c", config.to_str().unwrap()]) else {
+        return;
+    };
+
+    let (coordinator_log, worker_log) = run_with_options(
+        &nats,
+        2,
+        &[],
+        &[("CAPFILT_NATS_NKEY", &seed), ("RUST_LOG", "debug")],
+    );
+    assert!(
+        !coordinator_log.contains(&seed),
+        "the seed stays out of logs"
+    );
+    assert!(!worker_log.contains(&seed), "the seed stays out of logs");
+}
+
+/// Writes a CA and a server certificate for 127.0.0.1 signed by it, with openssl.
+fn write_test_certificates(dir: &Path) {
+    let run = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=capfilt test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+}
+
+#[test]
+fn tls_with_private_ca() {
+    if !installed("openssl") {
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    write_test_certificates(certs.path());
+    let (cert, key, ca) = (
+        certs.path().join("server.pem"),
+        certs.path().join("server.key"),
+        certs.path().join("ca.pem"),
+    );
+    let Some(nats) = NatsServer::start_with(&[
+        "--tls",
+        "--tlscert",
+        cert.to_str().unwrap(),
+        "--tlskey",
+        key.to_str().unwrap(),
+    ]) else {
+        return;
+    };
+
+    let untrusted = run_capfilt(
+        &[
+            "status",
+            "--nats",
+            &nats.url(),
+            "--run-id",
+            "tls",
+            "--nats-require-tls",
+        ],
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(
+        !untrusted.status.success(),
+        "a server signed by an unknown CA is rejected"
+    );
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(stderr.contains("failed to connect to NATS"), "{stderr}");
+
+    run_with_options(
+        &nats,
+        2,
+        &["--nats-tls-ca", ca.to_str().unwrap(), "--nats-require-tls"],
+        &[],
+    );
+}
+
+#[test]
+fn oversized_job_is_rejected() {
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("payload.conf");
+    std::fs::write(&config, "max_payload: 4096\n").unwrap();
+    let Some(nats) = NatsServer::start_with(&["-c", config.to_str().unwrap()]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("urls.txt");
+    std::fs::write(&list, "http://127.0.0.1:9/a.jpg\n").unwrap();
+
+    // The job carries the configuration, so a 5000-byte user agent makes it too large.
+    let user_agent = "a".repeat(5000);
+    let model = tiny_captioner();
+    let nats_url = nats.url();
+    let out = dir.path().join("out");
+    let args = [
+        "coordinator",
+        list.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--nats",
+        &nats_url,
+        "--model",
+        model.to_str().unwrap(),
+        "--user-agent",
+        &user_agent,
+    ];
+    let output = run_capfilt(&args, &[], Duration::from_secs(60));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("over the server's max_payload of 4096 bytes"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn worker_recreates_deleted_consumer() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let images = SlowImages::start(Duration::from_millis(300));
+    let dir = tempfile::tempdir().unwrap();
+    let list = write_list(dir.path(), &images, 12);
+    let out = dir.path().join("out");
+
+    let mut coordinator = coordinator(
+        &nats,
+        &list,
+        out.to_str().unwrap(),
+        "deleted",
+        2,
+        dir.path().join("coordinator.log"),
+    );
+    let mut worker = worker(&nats, true, dir.path().join("worker.log"));
+    wait_until(Duration::from_secs(120), "a first shard file", || {
+        parquet_count(&out) >= 1
+    });
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let jetstream = async_nats::jetstream::new(client);
+        jetstream
+            .delete_consumer_from_stream("capfilt-workers", "CAPFILT_JOBS")
+            .await
+            .unwrap();
+    });
+
+    coordinator.expect_success(RUN_TIMEOUT);
+    worker.expect_success(Duration::from_secs(60));
+    assert_rows_once(&out, &list, 12);
+}

@@ -181,7 +181,18 @@ pub async fn run(options: WorkerOptions) -> anyhow::Result<WorkerSummary> {
         };
 
         if messages.is_empty() {
-            if options.exit_when_idle && tasks.is_empty() && queue_is_idle(&mut queue).await {
+            // An empty pull also follows a deleted consumer, which no pull reports as an error,
+            // so the consumer is checked each time.
+            let backlog = match consumer_backlog(&mut queue).await {
+                Ok(backlog) => backlog,
+                Err(error) => {
+                    errors.failed(&error);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    reopen(&client, &mut queue, options.queue).await;
+                    continue;
+                }
+            };
+            if options.exit_when_idle && tasks.is_empty() && backlog == 0 {
                 tracing::info!(worker = %options.name, "no jobs left; exiting");
                 break;
             }
@@ -295,19 +306,25 @@ async fn pull(
 /// or the consumer may have been deleted.
 async fn reopen(client: &async_nats::Client, queue: &mut Queue, settings: QueueArgs) {
     match super::open_queue(client, settings).await {
-        Ok(reopened) => *queue = reopened,
+        Ok(reopened) => {
+            tracing::info!("job stream, consumer and state bucket opened again");
+            *queue = reopened;
+        }
         Err(error) => {
             tracing::debug!(error = %format!("{error:#}"), "NATS queue not available yet")
         }
     }
 }
 
-/// Checks that the consumer has no job waiting and none held by any worker.
-async fn queue_is_idle(queue: &mut Queue) -> bool {
-    match queue.consumer.info().await {
-        Ok(info) => info.num_pending == 0 && info.num_ack_pending == 0,
-        Err(_) => false,
-    }
+/// Returns the jobs the consumer has waiting or held by any worker, or an error when the
+/// consumer cannot be read (deleted, or the server is away).
+async fn consumer_backlog(queue: &mut Queue) -> anyhow::Result<u64> {
+    let info = queue
+        .consumer
+        .info()
+        .await
+        .map_err(|e| anyhow::anyhow!("failed to read the worker consumer: {e}"))?;
+    Ok(info.num_pending + info.num_ack_pending as u64)
 }
 
 async fn parse_job(message: &jetstream::Message) -> Option<Job> {
