@@ -52,7 +52,7 @@ pub struct CoordinatorArgs {
     /// URL lists: files, directories, glob patterns, https:// or s3:// URLs.
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<String>,
-    /// Where shard rows, shard files and manifest.json go: a folder every worker can reach, or
+    /// Where shard rows, shard files and _manifest.json go: a folder every worker can reach, or
     /// s3://BUCKET/PREFIX.
     #[arg(long, short, env = "CAPFILT_OUTPUT", value_name = "URI")]
     pub output: String,
@@ -138,7 +138,7 @@ pub struct RunArgs {
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<String>,
 
-    /// Folder for the shard files and manifest.json.
+    /// Folder for the shard files and _manifest.json.
     #[arg(long, short, env = "CAPFILT_OUTPUT")]
     pub output: PathBuf,
 
@@ -202,6 +202,14 @@ pub struct Settings {
     /// Image decoding threads (0: one per core).
     #[arg(long, env = "CAPFILT_DECODE_THREADS")]
     pub decode_threads: Option<usize>,
+    /// Output folder (or shard file) of an earlier run: rows it labelled `ok` with the same
+    /// models and settings get status already_labelled instead of being captioned again
+    /// (repeatable; comma separated in the environment variable).
+    #[arg(long = "skip-labelled", value_name = "PATH", value_delimiter = ',', env = "CAPFILT_SKIP_LABELLED")]
+    pub skip_labelled: Vec<String>,
+    /// Match earlier labels by URL (no download) or by the SHA-256 of the downloaded bytes.
+    #[arg(long, value_enum, env = "CAPFILT_SKIP_BY")]
+    pub skip_by: Option<crate::config::SkipBy>,
 
     /// Caption decoding: greedy, beam or sample (nucleus sampling).
     #[arg(long, value_parser = ["greedy", "beam", "sample"], env = "CAPFILT_DECODING")]
@@ -340,6 +348,8 @@ impl Settings {
         set(&mut config.run.batch_size, self.batch_size);
         config.run.overwrite |= self.overwrite;
         set(&mut config.run.decode_threads, self.decode_threads);
+        set(&mut config.run.skip_labelled, (!self.skip_labelled.is_empty()).then(|| self.skip_labelled.clone()));
+        set(&mut config.run.skip_by, self.skip_by);
 
         if let Some(decoding) = &self.decoding {
             config.caption.decoding = serde_json::from_value(serde_json::Value::String(decoding.clone()))?;
@@ -571,11 +581,12 @@ fn print_summary(summary: &crate::pipeline::RunSummary) {
         deduplicated_rows = summary.deduplicated_rows,
         ok = counts.ok,
         failed = counts.failed,
+        already_labelled = counts.already_labelled,
         seconds = summary.seconds,
         "run finished"
     );
     eprintln!(
-        "done: {} rows in {} shards ({} skipped as already written), {} downloads ({} rows shared another row's download), {} ok, {} failed, {:.1} s, {:.2} images/s",
+        "done: {} rows in {} shards ({} skipped as already written), {} downloads ({} rows shared another row's download), {} ok, {} failed, {} already labelled, {:.1} s, {:.2} images/s",
         counts.rows,
         summary.shards.len(),
         summary.skipped_shards.len(),
@@ -583,6 +594,7 @@ fn print_summary(summary: &crate::pipeline::RunSummary) {
         summary.deduplicated_rows,
         counts.ok,
         counts.failed,
+        counts.already_labelled,
         summary.seconds,
         summary.images_per_second
     );

@@ -158,12 +158,38 @@ pub struct RunSettings {
     pub batch_linger_ms: u64,
     /// Redo shards whose output file already exists instead of skipping them.
     pub overwrite: bool,
+    /// Output folders (or single shard files) of earlier runs whose `ok` rows this run does not
+    /// caption again. Only shards written with the same models and settings count.
+    pub skip_labelled: Vec<String>,
+    /// Row property matched against the earlier runs' labels.
+    pub skip_by: SkipBy,
 }
 
 impl Default for RunSettings {
     fn default() -> Self {
-        Self { shard_size: 10_000, batch_size: 16, prefetch_batches: 2, decode_threads: 0, batch_linger_ms: 200, overwrite: false }
+        Self {
+            shard_size: 10_000,
+            batch_size: 16,
+            prefetch_batches: 2,
+            decode_threads: 0,
+            batch_linger_ms: 200,
+            overwrite: false,
+            skip_labelled: Vec::new(),
+            skip_by: SkipBy::Url,
+        }
     }
+}
+
+/// Row property that identifies an image already labelled by an earlier run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SkipBy {
+    /// The URL as written in the input: a match is not downloaded at all.
+    #[default]
+    Url,
+    /// The SHA-256 of the downloaded bytes: a match is downloaded but not captioned, which
+    /// also catches the same image under a new URL.
+    Content,
 }
 
 impl RunConfig {

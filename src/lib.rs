@@ -11,6 +11,8 @@ pub mod export;
 pub mod fetch;
 pub mod inputs;
 pub mod inspect;
+pub mod labelled;
+pub mod log_limit;
 pub mod metrics;
 pub mod model_source;
 pub mod net_guard;

@@ -18,16 +18,20 @@ pub struct Counts {
     pub rows: u64,
     pub ok: u64,
     pub failed: u64,
+    /// Rows matched by an earlier run's label (`--skip-labelled`), counted neither as `ok`
+    /// nor as `failed`. Absent in records written before the option existed.
+    #[serde(default)]
+    pub already_labelled: u64,
     pub by_status: BTreeMap<String, u64>,
 }
 
 impl Counts {
     pub fn add(&mut self, status: RowStatus) {
         self.rows += 1;
-        if status == RowStatus::Ok {
-            self.ok += 1;
-        } else {
-            self.failed += 1;
+        match status {
+            RowStatus::Ok => self.ok += 1,
+            RowStatus::AlreadyLabelled => self.already_labelled += 1,
+            _ => self.failed += 1,
         }
         *self.by_status.entry(status.as_str().to_string()).or_default() += 1;
     }
@@ -36,6 +40,7 @@ impl Counts {
         self.rows += other.rows;
         self.ok += other.ok;
         self.failed += other.failed;
+        self.already_labelled += other.already_labelled;
         for (status, count) in &other.by_status {
             *self.by_status.entry(status.clone()).or_default() += count;
         }

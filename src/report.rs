@@ -35,9 +35,9 @@ const THRESHOLD_KEY: &str = "capfilt.filter.threshold";
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// Output folder of `capfilt run`: shard files and, when present, manifest.json.
+    /// Output folder of `capfilt run`: shard files and, when present, _manifest.json.
     pub dir: PathBuf,
-    /// HTML file to write [default: report.html in the output folder].
+    /// HTML file to write [default: _report.html in the output folder].
     #[arg(long, short)]
     pub output: Option<PathBuf>,
     /// `ok` rows shown in the gallery. The sample is the same on every run over the same rows.
@@ -93,7 +93,7 @@ pub struct SyntheticCaption {
     pub keep: Option<bool>,
 }
 
-/// The parts of manifest.json the page shows.
+/// The parts of _manifest.json the page shows.
 #[derive(Debug, Default)]
 pub struct Manifest {
     pub version: Option<String>,
@@ -112,7 +112,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<(PathBuf, RunStats)> {
     let output = args
         .output
         .clone()
-        .unwrap_or_else(|| args.dir.join("report.html"));
+        .unwrap_or_else(|| args.dir.join("_report.html"));
     let stats = read_output_folder(&args.dir, args.samples)?;
 
     let html = page::render(&stats);
@@ -481,10 +481,10 @@ fn key_hash(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
-/// Reads manifest.json when present. A manifest that cannot be read adds a warning instead of
+/// Reads _manifest.json when present. A manifest that cannot be read adds a warning instead of
 /// failing, because the shard files alone are enough for the report.
 fn read_manifest(dir: &Path, warnings: &mut Vec<String>) -> Option<Manifest> {
-    let path = dir.join("manifest.json");
+    let path = dir.join("_manifest.json");
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
@@ -583,7 +583,7 @@ fn check_manifest(stats: &mut RunStats) {
     if !missing.is_empty() {
         let names: Vec<&str> = missing.iter().take(10).map(|s| s.as_str()).collect();
         let warning = format!(
-            "manifest.json lists {} shard files that are not in the folder: {}",
+            "_manifest.json lists {} shard files that are not in the folder: {}",
             missing.len(),
             names.join(", ")
         );

@@ -42,10 +42,13 @@ pub enum RowStatus {
     RateLimited,
     /// A redirect loop, or more redirects than `max_redirects`.
     TooManyRedirects,
+    /// An earlier run named by `--skip-labelled`, with the same models and settings, already
+    /// captioned this URL (or, with `--skip-by content`, these image bytes).
+    AlreadyLabelled,
 }
 
 impl RowStatus {
-    pub const ALL: [RowStatus; 18] = [
+    pub const ALL: [RowStatus; 19] = [
         RowStatus::Ok,
         RowStatus::MissingUrl,
         RowStatus::InvalidUrl,
@@ -64,6 +67,7 @@ impl RowStatus {
         RowStatus::OptedOut,
         RowStatus::RateLimited,
         RowStatus::TooManyRedirects,
+        RowStatus::AlreadyLabelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -86,6 +90,7 @@ impl RowStatus {
             RowStatus::OptedOut => "opted_out",
             RowStatus::RateLimited => "rate_limited",
             RowStatus::TooManyRedirects => "too_many_redirects",
+            RowStatus::AlreadyLabelled => "already_labelled",
         }
     }
 }

@@ -340,7 +340,7 @@ fn assert_rows_once(dir: &Path, list: &Path, rows: usize) {
 
 fn manifest(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(
-        &std::fs::read(dir.join("manifest.json")).expect("manifest.json is written"),
+        &std::fs::read(dir.join("_manifest.json")).expect("_manifest.json is written"),
     )
     .unwrap()
 }
@@ -786,7 +786,7 @@ fn s3_inputs_images_and_outputs() {
             .filter_map(|o| o.key().map(str::to_string))
             .collect();
         for key in &keys {
-            if key.ends_with(".parquet") || key.ends_with("manifest.json") {
+            if key.ends_with(".parquet") || key.ends_with("_manifest.json") {
                 let body = client
                     .get_object()
                     .bucket("capfilt")
@@ -1042,7 +1042,7 @@ fn token_auth_and_secret_kept_out_of_logs() {
     for log in [coordinator.log_text(), worker.log_text()] {
         assert!(!log.contains(TOKEN), "the token stays out of logs:\n{log}");
     }
-    let manifest = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+    let manifest = std::fs::read_to_string(out.join("_manifest.json")).unwrap();
     assert!(!manifest.contains(TOKEN));
 
     let rejected = capfilt()

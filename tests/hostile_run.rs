@@ -166,7 +166,7 @@ fn run_ok(list: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
 }
 
 fn manifest(out: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap()
+    serde_json::from_slice(&std::fs::read(out.join("_manifest.json")).unwrap()).unwrap()
 }
 
 fn by_key(rows: &[Row]) -> HashMap<String, Row> {
@@ -698,7 +698,7 @@ fn secrets_stay_out_of_logs_errors_and_manifest() {
         .filter_map(|r| text(r, "error"))
         .collect::<Vec<_>>()
         .join("\n");
-    let manifest = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+    let manifest = std::fs::read_to_string(out.join("_manifest.json")).unwrap();
     assert!(
         manifest.contains(&format!("http://***@127.0.0.1:{port}/lists/urls.txt")),
         "{manifest}"
@@ -711,7 +711,7 @@ fn secrets_stay_out_of_logs_errors_and_manifest() {
     let places = [
         ("stdout", &logs[0]),
         ("stderr", &logs[1]),
-        ("manifest.json", &manifest),
+        ("_manifest.json", &manifest),
         ("error column", &errors),
     ];
     assert_no_secrets(&places);
@@ -791,7 +791,7 @@ fn keys_and_values_never_name_files() {
         "..".to_string(),
         "dir/with/slashes".to_string(),
         ".hidden.parquet.1.tmp".to_string(),
-        "manifest.json".to_string(),
+        "_manifest.json".to_string(),
     ];
     let jsonl: String = hostile
         .iter()
@@ -849,7 +849,7 @@ fn keys_and_values_never_name_files() {
                 "lists",
                 "lists/..odd name ..jsonl",
                 "out",
-                "out/manifest.json",
+                "out/_manifest.json",
             ]
             .contains(&p.as_str())
                 && !shard_names(p)

@@ -156,7 +156,7 @@ fn measure(server: &TestServer, names: &[String], rows: usize, dir: &Path) -> Me
     assert!(output.status.success(), "{rows} rows: stderr:\n{stderr}");
 
     let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(out.join("_manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["counts"]["rows"], rows, "every row answered");
     Measured {
         rows,

@@ -125,7 +125,7 @@ fn capfilt_output(server: &PhotoServer, dir: &Path) -> PathBuf {
 }
 
 fn write_report(out: &Path) -> (PathBuf, String) {
-    let report = out.join("report.html");
+    let report = out.join("_report.html");
     let output = run_capfilt(
         &[
             "report",
@@ -281,7 +281,7 @@ fn report_html_counts_and_escapes() {
     );
     assert!(
         html.contains("<table id=\"run\">"),
-        "manifest.json details are shown"
+        "_manifest.json details are shown"
     );
 }
 
@@ -443,7 +443,7 @@ fn report_bad_shard_fails_clearly() {
     );
     assert!(stderr.contains("not a valid Parquet file"), "{stderr}");
     assert!(
-        !dir.path().join("report.html").exists(),
+        !dir.path().join("_report.html").exists(),
         "no report from a broken folder"
     );
 }

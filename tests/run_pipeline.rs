@@ -108,7 +108,7 @@ fn jsonl_list_every_case() {
     let keys: std::collections::HashSet<_> = rows.iter().map(|r| r["key"].clone().unwrap()).collect();
     assert_eq!(keys.len(), rows.len(), "keys are unique");
 
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.path().join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.path().join("_manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["counts"]["rows"], expected.len());
     assert_eq!(manifest["counts"]["ok"], 4);
 
@@ -207,7 +207,7 @@ fn shards_split_and_resume() {
     ];
     let again = run_capfilt(&args, &[], RUN_TIMEOUT);
     assert!(again.status.success());
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.path().join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.path().join("_manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["skipped_shards"].as_array().unwrap().len(), 3, "finished shards are not redone");
     let second = read_shards(out.path());
     let keys = |rows: &[HashMap<String, Option<String>>]| {
@@ -248,7 +248,7 @@ fn hub_model_downloads_then_loads_offline() {
     let env = [("HF_ENDPOINT", endpoint.as_str()), ("HF_HOME", hf_home.to_str().unwrap())];
     let output = run_capfilt(&args, &env, RUN_TIMEOUT);
     assert!(output.status.success(), "stderr:\n{}", String::from_utf8_lossy(&output.stderr));
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("_manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["model"]["source"], "hub");
     assert_eq!(manifest["model"]["commit"], commit);
     drop(hub);

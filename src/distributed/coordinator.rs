@@ -46,7 +46,7 @@ pub struct CoordinatorOptions {
     pub queue: QueueArgs,
 }
 
-/// The run manifest the coordinator writes as `manifest.json` into the run's storage.
+/// The run manifest the coordinator writes as `_manifest.json` into the run's storage.
 #[derive(Debug, Serialize)]
 pub struct CoordinatorSummary {
     pub version: &'static str,
@@ -125,7 +125,7 @@ pub async fn run(
         started.elapsed().as_secs_f64(),
     );
     let manifest = serde_json::to_vec_pretty(&summary)?;
-    storage.put_bytes("manifest.json", manifest).await?;
+    storage.put_bytes("_manifest.json", manifest).await?;
     Ok(summary)
 }
 

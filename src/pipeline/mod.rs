@@ -10,6 +10,7 @@ mod model;
 mod prepare;
 mod shard;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,12 +23,15 @@ use capfilt_workers::{CaptionSettings, Captioner};
 use candle_core::{DType, Device};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tracing::Instrument;
 
 use crate::config::RunConfig;
 use crate::fetch::Fetcher;
+use crate::labelled::LabelledIndex;
 use crate::model_source::ResolvedModel;
 use crate::progress::Counts;
 use crate::sink::check_kept_columns;
+use crate::status::RowStatus;
 
 pub use in_flight::{ImageKey, InFlight, Joined, Waiter};
 pub use model::{BatchItem, CaptionedRow, ModelStage, ModelStats};
@@ -61,7 +65,7 @@ enum Work {
     },
 }
 
-/// The outcome of a run, also written to `manifest.json`.
+/// The outcome of a run, also written to `_manifest.json`.
 #[derive(Debug, Serialize)]
 pub struct RunSummary {
     pub version: &'static str,
@@ -173,6 +177,7 @@ impl Engine {
         let (model, captioner) = load_model(config).await?;
         let filter = load_filter(config, captioner.image_size()).await?;
         let metadata = shard::file_metadata(&model, &config.caption, filter.as_ref().map(|(m, _)| (m, &config.filter)));
+        let labelled = load_labelled(&config.run, &metadata).await?;
 
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let prefetch = config.run.batch_size * config.run.prefetch_batches.max(1);
@@ -187,6 +192,7 @@ impl Engine {
             limits: decode_limits(config),
             preprocess: PreprocessConfig { size: model.image_size as u32, ..PreprocessConfig::blip() },
             pool: Arc::new(decode_pool(config.run.decode_threads)?),
+            failure_log: Default::default(),
         });
         let (work_tx, work_rx) = mpsc::channel(1);
         let dispatcher = Dispatcher {
@@ -197,6 +203,7 @@ impl Engine {
             open_shards: Arc::new(Semaphore::new(open_shard_limit(config))),
             downloads: Arc::new(Semaphore::new(config.download.concurrency)),
             run_seed: config.caption.seed,
+            labelled,
         };
         let dispatcher = tokio::spawn(dispatcher.run(work_rx));
 
@@ -282,6 +289,31 @@ async fn load_filter(config: &RunConfig, image_size: usize) -> anyhow::Result<Op
         );
     }
     Ok(Some(loaded))
+}
+
+/// Loads the labels of the earlier runs named by `skip_labelled`, off the async runtime because
+/// it reads every earlier shard file.
+async fn load_labelled(run: &crate::config::RunSettings, metadata: &HashMap<String, String>) -> anyhow::Result<Option<Arc<LabelledIndex>>> {
+    if run.skip_labelled.is_empty() {
+        return Ok(None);
+    }
+    let (paths, mode, metadata) = (run.skip_labelled.clone(), run.skip_by, metadata.clone());
+    let (index, counts) = tokio::task::spawn_blocking(move || LabelledIndex::load(&paths, mode, &metadata))
+        .await
+        .context("loading earlier labels stopped unexpectedly")??;
+
+    tracing::info!(
+        matching_shards = counts.matching_shards,
+        ok_rows = counts.ok_rows,
+        labels = index.len(),
+        estimated_bytes = index.estimated_bytes(),
+        skip_by = ?mode,
+        "loaded earlier labels"
+    );
+    if counts.other_settings > 0 {
+        tracing::info!(shards = counts.other_settings, "ignoring {} earlier shard file(s) written with other models or settings", counts.other_settings);
+    }
+    Ok(Some(Arc::new(index)))
 }
 
 fn spawn_model_thread(stage: ModelStage, input: flume::Receiver<BatchItem>, config: &RunConfig) -> std::thread::JoinHandle<ModelStats> {
@@ -376,6 +408,8 @@ struct Dispatcher {
     open_shards: Arc<Semaphore>,
     downloads: Arc<Semaphore>,
     run_seed: u64,
+    /// Labels of earlier runs (`--skip-labelled`); rows they cover are not captioned again.
+    labelled: Option<Arc<LabelledIndex>>,
 }
 
 impl Dispatcher {
@@ -384,22 +418,45 @@ impl Dispatcher {
         let mut sequence = 0u64;
 
         while let Some(Work::Shard { shard, base_dir, done }) = work.recv().await {
-            let permit = self.open_shards.clone().acquire_owned().await.expect("semaphore is never closed");
-            let open = OpenShard::new(sequence, &shard, permit, done);
-            let pending = open.pending_rows();
-            if self.events.send(Event::Opened(open)).is_err() {
+            // Log lines of the shard's downloads, the spawned tasks included, carry its id.
+            let span = tracing::info_span!("shard", id = %shard.id, input = %shard.input_label);
+            let opened = self.start_shard(sequence, shard, base_dir, done, &mut counts).instrument(span).await;
+            if !opened {
                 return counts;
-            }
-
-            for row in pending {
-                match self.start_row(sequence, row, &base_dir).await {
-                    Joined::First => counts.downloads += 1,
-                    Joined::Shared => counts.deduplicated_rows += 1,
-                }
             }
             sequence += 1;
         }
         counts
+    }
+
+    /// Opens the shard and starts each of its rows; returns false when the collector is gone.
+    async fn start_shard(
+        &self,
+        sequence: u64,
+        shard: Shard,
+        base_dir: Option<PathBuf>,
+        done: Option<oneshot::Sender<ShardRecord>>,
+        counts: &mut FetchCounts,
+    ) -> bool {
+        let permit = self.open_shards.clone().acquire_owned().await.expect("semaphore is never closed");
+        let open = OpenShard::new(sequence, &shard, permit, done);
+        let pending = open.pending_rows();
+        if self.events.send(Event::Opened(open)).is_err() {
+            return false;
+        }
+
+        for row in pending {
+            if let Some(source) = self.labelled.as_ref().and_then(|l| l.labelled_url(&row.url)) {
+                let failure = RowFailure { status: RowStatus::AlreadyLabelled, message: source.to_string(), info: None };
+                let _ = self.events.send(Event::Failed { row: RowId { shard: sequence, row: row.row }, failure });
+                continue;
+            }
+            match self.start_row(sequence, row, &base_dir).await {
+                Joined::First => counts.downloads += 1,
+                Joined::Shared => counts.deduplicated_rows += 1,
+            }
+        }
+        true
     }
 
     /// Joins the row to a fetch of its image already in flight, or starts one once a download
@@ -416,18 +473,30 @@ impl Dispatcher {
         let seed = row_seed(self.run_seed, &key);
         let (preparer, in_flight, batches, events) =
             (self.preparer.clone(), self.in_flight.clone(), self.batches.clone(), self.events.clone());
-        tokio::spawn(async move {
+        let labelled = self.labelled.clone();
+        let task = async move {
             match preparer.prepare(&image.url, image.base_dir.clone()).await {
-                Ok(prepared) => {
-                    let item = BatchItem { image, seed, pixels: prepared.pixels, info: prepared.info };
-                    let _ = batches.send_async(item).await;
-                }
+                Ok(prepared) => match labelled_content(labelled.as_deref(), &prepared.info) {
+                    Some(failure) => fail_waiting_rows(&in_flight, &image, &failure, &events),
+                    None => {
+                        let item = BatchItem { image, seed, pixels: prepared.pixels, info: prepared.info };
+                        let _ = batches.send_async(item).await;
+                    }
+                },
                 Err(failure) => fail_waiting_rows(&in_flight, &image, &failure, &events),
             }
             drop(permit);
-        });
+        };
+        tokio::spawn(task.in_current_span());
         Joined::First
     }
+}
+
+/// Returns the `already_labelled` answer for an image whose bytes an earlier run captioned, when
+/// matching by content. The image keeps its size, format and hash in the output row.
+fn labelled_content(labelled: Option<&LabelledIndex>, info: &ImageInfo) -> Option<RowFailure> {
+    let source = labelled?.labelled_content(&info.sha256)?;
+    Some(RowFailure { status: RowStatus::AlreadyLabelled, message: source.to_string(), info: Some(info.clone()) })
 }
 
 /// Gives every row waiting for `image` the same failure.

@@ -65,6 +65,10 @@ pub fn run_model_loop(stage: ModelStage, input: flume::Receiver<BatchItem>, batc
     let mut pixels: Vec<f32> = Vec::with_capacity(batch_size * 3 * size * size);
 
     while let Some(batch) = next_batch(&input, batch_size, linger) {
+        // Log lines of the batch carry its size and, once known, the number of rows that get its
+        // results.
+        let span = tracing::info_span!("batch", size = batch.len(), rows = tracing::field::Empty);
+        let _entered = span.enter();
         let started = Instant::now();
         pixels.clear();
         for item in &batch {
@@ -74,6 +78,7 @@ pub fn run_model_loop(stage: ModelStage, input: flume::Receiver<BatchItem>, batc
         let captioned = caption_batch(&stage.captioner, &batch, &pixels);
         // Taken after captioning, so rows that joined while the batch ran are answered by it.
         let waiters: Vec<Vec<Waiter>> = batch.iter().map(|item| stage.in_flight.take(&item.image)).collect();
+        span.record("rows", waiters.iter().map(Vec::len).sum::<usize>());
         let result = captioned
             .and_then(|(pixel_values, captions)| results_for_rows(stage.filter.as_ref(), &pixel_values, captions, &waiters))
             .map_err(|e| format!("{e:#}"));

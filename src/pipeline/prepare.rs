@@ -41,17 +41,17 @@ pub struct Preparer {
     pub limits: DecodeLimits,
     pub preprocess: PreprocessConfig,
     pub pool: Arc<rayon::ThreadPool>,
+    pub failure_log: crate::log_limit::DownloadFailureLog,
 }
 
 impl Preparer {
     /// Downloads and prepares the image at `url` (relative paths resolve against `base_dir`).
     pub async fn prepare(&self, url: &str, base_dir: Option<PathBuf>) -> Result<PreparedImage, RowFailure> {
         let location = locate(url, base_dir.as_deref()).map_err(|e| RowFailure { status: e.status, message: e.message, info: None })?;
-        let bytes = self
-            .fetcher
-            .fetch(&location)
-            .await
-            .map_err(|e| RowFailure { status: e.status, message: e.message, info: None })?;
+        let bytes = self.fetcher.fetch(&location).await.map_err(|e| {
+            self.failure_log.record(&location, e.status, &e.message);
+            RowFailure { status: e.status, message: e.message, info: None }
+        })?;
         crate::metrics::metrics().record_download(bytes.len());
 
         let (sender, receiver) = tokio::sync::oneshot::channel();

@@ -339,10 +339,10 @@ async fn write_finished(
     })
 }
 
-/// Writes `manifest.json` atomically.
+/// Writes `_manifest.json` atomically.
 pub fn write_manifest(output: &Path, summary: &RunSummary) -> anyhow::Result<()> {
-    let path = output.join("manifest.json");
-    let temp = output.join(format!(".manifest.json.{}.tmp", std::process::id()));
+    let path = output.join("_manifest.json");
+    let temp = output.join(format!("._manifest.json.{}.tmp", std::process::id()));
     let json = serde_json::to_vec_pretty(summary)?;
     std::fs::write(&temp, json).with_context(|| format!("failed to write {}", temp.display()))?;
     std::fs::rename(&temp, &path).with_context(|| format!("failed to write {}", path.display()))?;

@@ -99,7 +99,7 @@ fn percent(part: u64, whole: u64) -> String {
 
 fn write_run(html: &mut String, stats: &RunStats) {
     let Some(manifest) = &stats.manifest else {
-        html.push_str("<h2>Run</h2><p>No manifest.json in the folder; the figures below come from the shard files alone.</p>");
+        html.push_str("<h2>Run</h2><p>No _manifest.json in the folder; the figures below come from the shard files alone.</p>");
         return;
     };
 
