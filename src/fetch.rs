@@ -213,7 +213,7 @@ impl Fetcher {
         &self.config
     }
 
-    /// The S3 client for `s3://` images and lists, created on first use.
+    /// Returns the S3 client for `s3://` images and lists, created on first use.
     pub fn s3(&self) -> &LazyClient {
         &self.s3
     }
@@ -259,7 +259,7 @@ impl Fetcher {
     }
 
     /// Runs `attempt` until it succeeds or fails for good, sleeping between attempts as
-    /// `retry_wait` says. `label` names the resource in logs and must carry no secret.
+    /// long as `retry_wait` returns. `label` names the resource in logs and must carry no secret.
     async fn with_retries<F, Fut>(&self, label: &str, mut attempt: F) -> Result<Vec<u8>, FetchError>
     where
         F: FnMut() -> Fut,

@@ -448,7 +448,7 @@ fn terminated_worker_hands_shard_back() {
     );
     let mut leaving = worker(&nats, false, dir.path().join("leaving.log"));
     leaving.wait_for_log("shard started", Duration::from_secs(60));
-    let asked = Instant::now();
+    let requested = Instant::now();
     leaving.terminate();
     let status = leaving.wait(Duration::from_secs(30));
     assert!(
@@ -457,7 +457,7 @@ fn terminated_worker_hands_shard_back() {
         leaving.log_text()
     );
     assert!(
-        asked.elapsed() < Duration::from_secs(20),
+        requested.elapsed() < Duration::from_secs(20),
         "worker exits within its shutdown deadline"
     );
     assert!(
@@ -941,7 +941,7 @@ fn metrics_served_by_worker_and_coordinator() {
     }
     coordinator.expect_success(RUN_TIMEOUT);
 
-    // The worker counts a shard after acknowledging it, a moment after the coordinator sees it done.
+    // The worker counts a shard after acknowledging it, a moment after the coordinator reads its done state.
     let done = "capfilt_worker_shards_total{outcome=\"done\"}";
     wait_until(Duration::from_secs(10), "four shards counted", || {
         sample(&http_get(worker_port, "/metrics"), done) == Some(4.0)
