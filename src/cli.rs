@@ -427,6 +427,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(args).await,
         Command::Export(args) => {
+            reject_remote_folder(&args.dir, "capfilt export", "copy the files to a local folder first (for example with `aws s3 sync`)")?;
             let counts = crate::export::export(&args.dir, &args.output, args.format, args.unfiltered)?;
             eprintln!(
                 "exported {} web and {} synthetic captions from {} rows to {}",
@@ -449,11 +450,13 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Report(args) => {
+            reject_remote_folder(&args.dir, "capfilt report", "copy the files to a local folder first (for example with `aws s3 sync`)")?;
             let (path, stats) = crate::report::run(&args)?;
             eprintln!("wrote the report of {} rows in {} shard files to {}", stats.rows, stats.shard_files.len(), path.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Inspect(args) => {
+            reject_remote_folder(&args.file, "capfilt inspect", "copy the files to a local folder first (for example with `aws s3 sync`)")?;
             crate::inspect::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -465,6 +468,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    reject_remote_folder(&args.output, "capfilt run --output", "write to a local folder, or use `capfilt coordinator` for S3 output")?;
     let config = args.settings.resolve()?;
     if let Some(addr) = args.metrics_addr {
         crate::metrics::serve(addr).await?;
@@ -561,6 +565,16 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         summary.done, summary.skipped, summary.failed, summary.retried, summary.handed_back
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Rejects a path argument that is a URL: commands that take a local folder would otherwise
+/// create a folder named like `s3:` in the working directory.
+fn reject_remote_folder(path: &std::path::Path, what: &str, hint: &str) -> anyhow::Result<()> {
+    let text = path.to_string_lossy();
+    if text.contains("://") {
+        anyhow::bail!("{what} takes a local path, not {text:?}; {hint}");
+    }
+    Ok(())
 }
 
 fn default_worker_name() -> String {

@@ -58,7 +58,8 @@ impl Storage {
             bail!("unsupported storage location {uri:?}: expected a folder path or s3://BUCKET/PREFIX");
         }
 
-        let root = PathBuf::from(uri);
+        // Absolute, because the path travels in jobs to workers started in other folders.
+        let root = std::path::absolute(uri).with_context(|| format!("invalid folder {uri:?}"))?;
         std::fs::create_dir_all(&root)
             .with_context(|| format!("failed to create folder {}", root.display()))?;
         Ok(Storage::Local { root })

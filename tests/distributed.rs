@@ -1367,3 +1367,140 @@ fn worker_recreates_deleted_consumer() {
     worker.expect_success(Duration::from_secs(60));
     assert_rows_once(&out, &list, 12);
 }
+
+#[test]
+fn bad_model_fails_run_not_worker() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let images = SlowImages::start(Duration::from_millis(10));
+    let dir = tempfile::tempdir().unwrap();
+    let list = write_list(dir.path(), &images, 2);
+    let nats_url = nats.url();
+
+    let mut command = capfilt();
+    command
+        .args(["worker", "--nats", &nats_url, "--retry-delay", "100ms"])
+        .args(QUEUE_ARGS);
+    let mut worker = Process::spawn(command, dir.path().join("worker.log"));
+
+    let bad_out = dir.path().join("bad");
+    let missing_model = dir.path().join("no-such-model");
+    let mut command = capfilt();
+    command.arg("coordinator").arg(&list).args([
+        "--output",
+        bad_out.to_str().unwrap(),
+        "--nats",
+        &nats_url,
+        "--run-id",
+        "bad",
+    ]);
+    command
+        .args([
+            "--model",
+            missing_model.to_str().unwrap(),
+            "--allow-private-networks",
+        ])
+        .args(QUEUE_ARGS);
+    let mut bad = Process::spawn(command, dir.path().join("bad.log"));
+    let status = bad.wait(RUN_TIMEOUT);
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "the run with a missing model fails:\n{}",
+        bad.log_text()
+    );
+    assert!(
+        bad.log_text().contains("failed to start the pipeline"),
+        "{}",
+        bad.log_text()
+    );
+    assert!(
+        worker.child.try_wait().unwrap().is_none(),
+        "the worker is still running:\n{}",
+        worker.log_text()
+    );
+
+    let good_out = dir.path().join("good");
+    let mut good = coordinator(
+        &nats,
+        &list,
+        good_out.to_str().unwrap(),
+        "good",
+        2,
+        dir.path().join("good.log"),
+    );
+    good.expect_success(RUN_TIMEOUT);
+    assert_rows_once(&good_out, &list, 2);
+}
+
+#[test]
+fn reused_run_id_with_other_inputs_rejected() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let images = SlowImages::start(Duration::from_millis(10));
+    let dir = tempfile::tempdir().unwrap();
+    let list = write_list(dir.path(), &images, 2);
+    let out = dir.path().join("out");
+    let mut first = coordinator(
+        &nats,
+        &list,
+        out.to_str().unwrap(),
+        "reused",
+        2,
+        dir.path().join("first.log"),
+    );
+    let mut worker = worker(&nats, true, dir.path().join("worker.log"));
+    first.expect_success(RUN_TIMEOUT);
+    worker.expect_success(Duration::from_secs(60));
+
+    let other = dir.path().join("other");
+    let mut second = coordinator(
+        &nats,
+        &list,
+        other.to_str().unwrap(),
+        "reused",
+        2,
+        dir.path().join("second.log"),
+    );
+    let status = second.wait(Duration::from_secs(60));
+    assert!(!status.success());
+    assert!(
+        second.log_text().contains("pick another --run-id"),
+        "{}",
+        second.log_text()
+    );
+}
+
+#[test]
+fn local_commands_reject_s3_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("urls.txt");
+    std::fs::write(&list, "http://127.0.0.1:9/a.jpg\n").unwrap();
+    let cases: [&[&str]; 4] = [
+        &[
+            "run",
+            list.to_str().unwrap(),
+            "--output",
+            "s3://bucket/labels",
+        ],
+        &["export", "s3://bucket/labels", "--output", "x.json"],
+        &["report", "s3://bucket/labels"],
+        &["inspect", "s3://bucket/labels/a.parquet"],
+    ];
+    for args in cases {
+        let output = capfilt()
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("takes a local path"), "{args:?}: {stderr}");
+    }
+    assert!(
+        !dir.path().join("s3:").exists(),
+        "no folder named after the URL is created"
+    );
+}

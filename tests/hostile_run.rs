@@ -531,6 +531,10 @@ fn odd_captions_and_rows_without_url() {
     );
     assert!((0.0..=1.0).contains(&web_itm(&got["long"])));
     assert_eq!(text(&got["blank"], "caption"), Some(" \t \n "));
+    for key in ["empty", "blank"] {
+        assert_eq!(text(&got[key], "web_itm"), None, "{key}: a blank web caption is not scored");
+        assert_eq!(text(&got[key], "keep_web"), None, "{key}: a blank web caption is never kept");
+    }
     for key in ["no-url-key", "null-url", "empty-url"] {
         assert_eq!(
             text(&got[key], "status"),

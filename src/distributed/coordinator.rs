@@ -102,6 +102,7 @@ pub async fn run(
     let max_payload = client.server_info().max_payload;
     tracing::info!(run_id = %run_id, output = %storage.uri(), inputs = input_files.len(), max_payload, "coordinator started");
 
+    check_same_run(&queue, &run_id, &storage, &options.inputs).await?;
     let known = load_states(&queue, &run_id).await?;
     let planner = Planner {
         queue: &queue,
@@ -374,6 +375,31 @@ fn spawn_reader(
             }
         }
     }))
+}
+
+/// Rejects a run id already used with other inputs or another output: resuming it would mix
+/// two runs' shards under one id.
+async fn check_same_run(
+    queue: &Queue,
+    run_id: &str,
+    storage: &Storage,
+    inputs: &[String],
+) -> anyhow::Result<()> {
+    let Ok(Some(value)) = queue.states.get(run_key(run_id)).await else {
+        return Ok(());
+    };
+    let Ok(earlier) = serde_json::from_slice::<RunInfo>(&value) else {
+        return Ok(());
+    };
+
+    if earlier.storage != storage.uri() || earlier.inputs != inputs {
+        bail!(
+            "run id {run_id:?} was used for inputs {:?} with output {}; pick another --run-id, or give the same inputs and output to resume it",
+            earlier.inputs,
+            earlier.storage
+        );
+    }
+    Ok(())
 }
 
 async fn put_run_info(

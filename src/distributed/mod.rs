@@ -206,7 +206,7 @@ pub async fn open_queue(client: &async_nats::Client, queue: QueueArgs) -> anyhow
             ..Default::default()
         })
         .await
-        .map_err(|e| anyhow::anyhow!("failed to open JetStream stream {JOB_STREAM}: {e} (is the server started with -js?)"))?;
+        .map_err(|e| anyhow::anyhow!("failed to open JetStream stream {JOB_STREAM}: {e} (check that the server is reachable and runs with JetStream enabled, -js)"))?;
     let consumer = open_consumer(&stream, queue).await?;
     let states = open_states(&context).await?;
     Ok(Queue {

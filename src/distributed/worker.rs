@@ -30,6 +30,9 @@ use crate::storage::Storage;
 /// How long one pull request waits for jobs before the worker checks for idleness or shutdown.
 const FETCH_EXPIRY: Duration = Duration::from_secs(2);
 
+/// How long a configuration whose pipeline failed to start is failed without another try.
+const BROKEN_CONFIG_MEMORY: Duration = Duration::from_secs(300);
+
 /// Maximum delay before a failed job is offered again.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
@@ -151,6 +154,9 @@ pub async fn run(options: WorkerOptions) -> anyhow::Result<WorkerSummary> {
     let mut tasks: JoinSet<Outcome> = JoinSet::new();
     let mut engine: Option<LoadedEngine> = None;
     let mut errors = ErrorLog::default();
+    // Configurations whose pipeline failed to start, with the error and the time, so their
+    // other jobs fail at once for a while instead of loading the same models again.
+    let mut broken: HashMap<String, (String, Instant)> = HashMap::new();
 
     while !shutdown.is_cancelled() {
         reap(&mut tasks, &mut summary);
@@ -204,6 +210,11 @@ pub async fn run(options: WorkerOptions) -> anyhow::Result<WorkerSummary> {
                 continue;
             };
             let fingerprint = fingerprint(&job.config, options.device.as_deref());
+            broken.retain(|_, (_, since)| since.elapsed() < BROKEN_CONFIG_MEMORY);
+            if let Some((error, _)) = broken.get(&fingerprint) {
+                fail_without_engine(&message, &job, &shared, error).await;
+                continue;
+            }
             if engine.as_ref().is_none_or(|e| e.fingerprint != fingerprint) {
                 drain(&mut tasks, &mut summary).await;
                 if let Some(old) = engine.take() {
@@ -218,11 +229,13 @@ pub async fn run(options: WorkerOptions) -> anyhow::Result<WorkerSummary> {
                         })
                     }
                     Err(error) => {
-                        tracing::error!(worker = %options.name, error = %format!("{error:#}"), "failed to start the pipeline");
-                        let _ = message
-                            .ack_with(AckKind::Nak(Some(options.retry_delay)))
-                            .await;
-                        return Err(error);
+                        // One run's bad configuration (a missing model, say) must not stop the
+                        // worker: its jobs fail through the usual retries, other runs go on.
+                        let error = format!("failed to start the pipeline: {error:#}");
+                        tracing::error!(worker = %options.name, run_id = %job.run_id, %error, "cannot run this configuration");
+                        fail_without_engine(&message, &job, &shared, &error).await;
+                        broken.insert(fingerprint, (error, Instant::now()));
+                        continue;
                     }
                 }
             }
@@ -233,8 +246,12 @@ pub async fn run(options: WorkerOptions) -> anyhow::Result<WorkerSummary> {
     }
 
     shut_down(&mut tasks, &mut summary, &shared, options.shutdown_timeout).await;
-    if let Some(old) = engine.take() {
-        finish_engine(old).await;
+    // After a hand-back the pipeline still holds those shards; waiting for it would redo work
+    // that another worker now owns, so the process exits without draining it.
+    if summary.handed_back == 0 {
+        if let Some(old) = engine.take() {
+            finish_engine(old).await;
+        }
     }
     Ok(summary)
 }
@@ -554,6 +571,23 @@ async fn settle_failed(
     .await;
     let _ = message.ack_with(AckKind::Term).await;
     Outcome::Failed
+}
+
+/// Settles a job whose pipeline could not start, as a transient failure: another worker, with
+/// other files or devices, may still run it.
+async fn fail_without_engine(
+    message: &jetstream::Message,
+    job: &Job,
+    shared: &Shared,
+    error: &str,
+) {
+    let delivery = message.info().map(|i| i.delivered).unwrap_or(1);
+    let error = JobError {
+        message: error.to_string(),
+        permanent: false,
+    };
+    let outcome = settle_failed(message, job, shared, delivery, error).await;
+    crate::metrics::metrics().record_shard(outcome.as_str());
 }
 
 /// Doubles `base` for every delivery after the first, up to [`MAX_RETRY_DELAY`].

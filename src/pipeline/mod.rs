@@ -464,6 +464,9 @@ impl Dispatcher {
     async fn start_row(&self, shard: u64, row: PendingRow, base_dir: &Option<PathBuf>) -> Joined {
         let PendingRow { row, url, key, web_caption } = row;
         let image = ImageKey { url, base_dir: base_dir.clone() };
+        // An empty or blank web caption is no caption: scoring it would keep a text that says
+        // nothing. The output row still shows it as given.
+        let web_caption = web_caption.filter(|caption| !caption.trim().is_empty());
         let waiter = Waiter { row: RowId { shard, row }, web_caption };
         if self.in_flight.join(&image, waiter) == Joined::Shared {
             return Joined::Shared;
