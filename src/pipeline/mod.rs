@@ -7,7 +7,8 @@
 
 mod in_flight;
 mod model;
-mod prepare;
+// Public so that benches can time download and preparation without the model.
+pub mod prepare;
 mod shard;
 
 use std::collections::HashMap;

@@ -1,0 +1,121 @@
+//! Times capfilt's preparation stage alone: download every URL of a list with capfilt's
+//! `Fetcher`, then decode and preprocess it on the decode pool with the `Preparer`, as
+//! `capfilt run` does before the model. Used by `benches/prepare_stage.py`.
+//!
+//! ```text
+//! cargo run --example prepare_urls -- URLS.txt [--threads N] [--concurrency N] [--repeat N]
+//! ```
+//!
+//! `URLS.txt` has one URL per line. Private and loopback addresses are allowed, since the
+//! benchmark serves the images from a local HTTP server. `--threads` sizes the decode pool
+//! (default: every CPU, as `capfilt run`), `--concurrency` the downloads in flight (default:
+//! capfilt's download default). The JSON on stdout has the wall time of each pass over the list.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use capfilt::fetch::{DownloadConfig, Fetcher};
+use capfilt::pipeline::prepare::Preparer;
+use capfilt_workers::image::{DecodeLimits, PreprocessConfig};
+use futures::StreamExt;
+use serde_json::json;
+
+struct Args {
+    urls: Vec<String>,
+    threads: usize,
+    concurrency: usize,
+    repeat: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut list = None;
+    let mut threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mut concurrency = DownloadConfig::default().concurrency;
+    let mut repeat = 1;
+
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--threads" => threads = value()?.parse().context("--threads")?,
+            "--concurrency" => concurrency = value()?.parse().context("--concurrency")?,
+            "--repeat" => repeat = value()?.parse().context("--repeat")?,
+            flag if flag.starts_with("--") => bail!("unknown option {flag}"),
+            path => list = Some(path.to_string()),
+        }
+    }
+
+    let list = list.context("usage: prepare_urls URLS.txt [--threads N] [--concurrency N] [--repeat N]")?;
+    let text = std::fs::read_to_string(&list).with_context(|| format!("reading {list}"))?;
+    let urls = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    Ok(Args { urls, threads, concurrency, repeat: repeat.max(1) })
+}
+
+fn preparer(threads: usize, concurrency: usize) -> Result<Preparer> {
+    // The benchmark's server listens on loopback, which the download guard rejects by default.
+    let download = DownloadConfig { allow_private_networks: true, concurrency, per_host_concurrency: 0, ..DownloadConfig::default() };
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+
+    Ok(Preparer {
+        fetcher: Fetcher::new(download)?,
+        limits: DecodeLimits::default(),
+        preprocess: PreprocessConfig::blip(),
+        pool: Arc::new(pool),
+    })
+}
+
+/// One pass over the list; returns the seconds taken and how many images were prepared.
+async fn pass(preparer: &Preparer, urls: &[String], concurrency: usize) -> (f64, usize, Vec<String>) {
+    let start = Instant::now();
+    let results: Vec<_> = futures::stream::iter(urls)
+        .map(|url| preparer.prepare(url, None))
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let seconds = start.elapsed().as_secs_f64();
+
+    let errors: Vec<String> = results.iter().filter_map(|r| r.as_ref().err().map(|e| e.message.clone())).collect();
+    (seconds, results.len() - errors.len(), errors)
+}
+
+async fn run(args: Args) -> Result<serde_json::Value> {
+    let preparer = preparer(args.threads, args.concurrency)?;
+
+    let mut times = Vec::with_capacity(args.repeat);
+    let mut prepared = 0;
+    let mut errors = Vec::new();
+    for _ in 0..args.repeat {
+        let (seconds, ok, failed) = pass(&preparer, &args.urls, args.concurrency).await;
+        times.push(seconds);
+        prepared = ok;
+        errors = failed;
+    }
+
+    Ok(json!({
+        "urls": args.urls.len(),
+        "prepared": prepared,
+        "errors": errors,
+        "threads": args.threads,
+        "concurrency": args.concurrency,
+        "seconds_per_run": times,
+    }))
+}
+
+fn main() -> ExitCode {
+    let outcome = parse_args().and_then(|args| {
+        let runtime = tokio::runtime::Runtime::new()?;
+        runtime.block_on(run(args))
+    });
+    match outcome {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("prepare_urls: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
