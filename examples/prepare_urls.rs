@@ -63,6 +63,7 @@ fn preparer(threads: usize, concurrency: usize) -> Result<Preparer> {
         limits: DecodeLimits::default(),
         preprocess: PreprocessConfig::blip(),
         pool: Arc::new(pool),
+        failure_log: Default::default(),
     })
 }
 
