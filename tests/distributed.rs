@@ -1504,3 +1504,71 @@ fn local_commands_reject_s3_paths() {
         "no folder named after the URL is created"
     );
 }
+
+#[test]
+fn exhausted_job_without_coordinator_fails() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let images = SlowImages::start(Duration::from_secs(30));
+    let dir = tempfile::tempdir().unwrap();
+    let list = write_list(dir.path(), &images, 1);
+    let out = dir.path().join("out");
+    let nats_url = nats.url();
+    let model = tiny_captioner();
+    let coordinator_with = |log: &str| {
+        let mut command = capfilt();
+        command.arg("coordinator").arg(&list).args([
+            "--output",
+            out.to_str().unwrap(),
+            "--nats",
+            &nats_url,
+            "--run-id",
+            "stranded",
+        ]);
+        command.args([
+            "--model",
+            model.to_str().unwrap(),
+            "--allow-private-networks",
+            "--ack-wait",
+            "2s",
+            "--max-deliver",
+            "1",
+        ]);
+        Process::spawn(command, dir.path().join(log))
+    };
+
+    // The first coordinator publishes and goes away; the only delivery then dies with its
+    // worker, so the server's max-deliveries advisory reaches no coordinator.
+    let mut first = coordinator_with("first.log");
+    first.wait_for_log("jobs published", Duration::from_secs(60));
+    first.kill();
+    let mut command = capfilt();
+    command.args([
+        "worker",
+        "--nats",
+        &nats_url,
+        "--ack-wait",
+        "2s",
+        "--max-deliver",
+        "1",
+    ]);
+    let mut doomed = Process::spawn(command, dir.path().join("worker.log"));
+    doomed.wait_for_log("shard started", Duration::from_secs(60));
+    doomed.kill();
+    std::thread::sleep(Duration::from_secs(4));
+
+    let mut second = coordinator_with("second.log");
+    let status = second.wait(Duration::from_secs(90));
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "the stranded shard is reported failed:\n{}",
+        second.log_text()
+    );
+    assert!(
+        second.log_text().contains("deliveries ran out"),
+        "{}",
+        second.log_text()
+    );
+}

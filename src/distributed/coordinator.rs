@@ -447,6 +447,7 @@ async fn follow(
     progress.update(&shards);
     // Created once, so a steady stream of state updates cannot keep postponing the log line.
     let mut ticker = tokio::time::interval(LOG_INTERVAL);
+    let mut idle_since: Option<Instant> = None;
 
     while !all_final(&shards) {
         let mut watch = match queue
@@ -483,7 +484,7 @@ async fn follow(
                 }
                 _ = ticker.tick() => {
                     progress.log(&shards);
-                    update_queue_metrics(queue).await;
+                    check_queue(queue, run_id, &shards, &mut idle_since).await;
                 }
             }
         }
@@ -494,7 +495,17 @@ async fn follow(
 }
 
 /// Copies the worker consumer's backlog into the queue gauges.
-async fn update_queue_metrics(queue: &Queue) {
+/// Updates the queue gauges, and fails the run's unfinished shards once the consumer has had
+/// nothing to deliver and nothing in flight for twice the ack wait (at least 10 s).
+///
+/// A job whose deliveries ran out while no coordinator listened for the advisory stays in the
+/// stream but is never delivered again; without this check the coordinator would wait forever.
+async fn check_queue(
+    queue: &Queue,
+    run_id: &str,
+    shards: &BTreeMap<String, Option<ShardState>>,
+    idle_since: &mut Option<Instant>,
+) {
     let mut consumer = queue.consumer.clone();
     let Ok(info) = consumer.info().await else {
         return;
@@ -503,6 +514,51 @@ async fn update_queue_metrics(queue: &Queue) {
     metrics.queue_pending.set(info.num_pending as i64);
     metrics.queue_ack_pending.set(info.num_ack_pending as i64);
     metrics.queue_redelivered.set(info.num_redelivered as i64);
+
+    if info.num_pending > 0 || info.num_ack_pending > 0 {
+        *idle_since = None;
+        return;
+    }
+    let since = *idle_since.get_or_insert_with(Instant::now);
+    let grace = (info.config.ack_wait * 2).max(Duration::from_secs(10));
+    if since.elapsed() >= grace {
+        fail_stranded(queue, run_id, shards).await;
+        *idle_since = None;
+    }
+}
+
+/// Records every unfinished shard as failed, deleting its undeliverable job, so that a rerun of
+/// the coordinator requeues it.
+async fn fail_stranded(queue: &Queue, run_id: &str, shards: &BTreeMap<String, Option<ShardState>>) {
+    let unfinished = shards
+        .iter()
+        .filter(|(_, state)| !state.as_ref().is_some_and(ShardState::is_final));
+    for (shard_id, _) in unfinished {
+        let subject = format!("{}.{shard_id}", job_subject(run_id));
+        let error = match queue.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => {
+                let _ = queue.stream.delete_message(message.sequence).await;
+                "no worker can take the job any more: its deliveries ran out while no coordinator was running"
+            }
+            Err(_) => "the job left the queue without a result",
+        };
+
+        tracing::error!(shard = %shard_id, error, "shard failed");
+        let state = ShardState::Failed {
+            error: error.to_string(),
+            deliveries: 0,
+            at: now(),
+        };
+        if let Ok(value) = serde_json::to_vec(&state) {
+            if let Err(put_error) = queue
+                .states
+                .put(shard_key(run_id, shard_id), value.into())
+                .await
+            {
+                tracing::warn!(shard = %shard_id, error = %put_error, "failed to record the shard as failed");
+            }
+        }
+    }
 }
 
 fn all_final(shards: &BTreeMap<String, Option<ShardState>>) -> bool {
