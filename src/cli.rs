@@ -52,8 +52,8 @@ pub struct CoordinatorArgs {
     /// URL lists: files, directories, glob patterns, https:// or s3:// URLs.
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<String>,
-    /// Where shard rows, shard files and _manifest.json go: a folder every worker can reach, or
-    /// s3://BUCKET/PREFIX.
+    /// Storage for shard rows, shard files and _manifest.json: a folder every worker can reach,
+    /// or s3://BUCKET/PREFIX.
     #[arg(long, short, env = "CAPFILT_OUTPUT", value_name = "URI")]
     pub output: String,
     /// Run id; the same id resumes a run. Default: derived from the inputs and the output.
@@ -318,6 +318,9 @@ pub struct Settings {
     /// Download images even when their X-Robots-Tag header says noai or noimageai.
     #[arg(long, env = "CAPFILT_IGNORE_OPT_OUT")]
     pub ignore_opt_out: bool,
+    /// Reject rows that name local files (paths and file:// URLs), for untrusted lists.
+    #[arg(long, env = "CAPFILT_NO_LOCAL_FILES")]
+    pub no_local_files: bool,
 }
 
 impl Settings {
@@ -396,6 +399,9 @@ impl Settings {
         set(&mut config.download.allowed_cidrs, (!self.allow_cidr.is_empty()).then(|| self.allow_cidr.clone()));
         if self.ignore_opt_out {
             config.download.respect_opt_out = false;
+        }
+        if self.no_local_files {
+            config.download.allow_local_files = false;
         }
         Ok(())
     }

@@ -56,6 +56,9 @@ pub struct DownloadConfig {
     /// Drops images whose `X-Robots-Tag` contains `noai` or `noimageai` for every crawler or
     /// for capfilt's user agent.
     pub respect_opt_out: bool,
+    /// Lets rows name local files (plain paths and `file://` URLs). Turn it off for lists from
+    /// untrusted sources, whose rows could otherwise read files on the worker.
+    pub allow_local_files: bool,
 }
 
 impl Default for DownloadConfig {
@@ -74,6 +77,7 @@ impl Default for DownloadConfig {
             allow_private_networks: false,
             allowed_cidrs: Vec::new(),
             respect_opt_out: true,
+            allow_local_files: true,
         }
     }
 }
@@ -228,6 +232,10 @@ impl Fetcher {
     pub async fn fetch(&self, location: &ImageLocation) -> Result<Vec<u8>, FetchError> {
         match location {
             ImageLocation::Http(url) => self.fetch_http_with_retries(url).await,
+            ImageLocation::File(path) if !self.config.allow_local_files => Err(FetchError::permanent(
+                RowStatus::Blocked,
+                format!("{} is a local file, and reading local files is turned off (--no-local-files)", path.display()),
+            )),
             ImageLocation::File(path) => read_file(path, self.config.max_bytes).await,
             ImageLocation::S3 { bucket, key } => {
                 let url = S3Url { bucket: bucket.clone(), key: key.clone() };

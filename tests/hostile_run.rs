@@ -877,3 +877,23 @@ fn keys_and_values_never_name_files() {
             && !parent.path().join("../sibling").exists()
     );
 }
+
+#[tokio::test]
+async fn local_files_rejected_when_turned_off() {
+    let photo = fixtures().join("photos/astronaut.jpg");
+    let file_url = format!("file://{}", photo.display());
+    let locations = [locate(photo.to_str().unwrap(), None).unwrap(), locate(&file_url, None).unwrap()];
+
+    let closed = Fetcher::new(DownloadConfig { allow_local_files: false, ..DownloadConfig::default() }).unwrap();
+    for location in &locations {
+        let error = closed.fetch(location).await.unwrap_err();
+        assert_eq!(error.status, RowStatus::Blocked, "{location:?}");
+        assert!(error.message.contains("--no-local-files"), "{}", error.message);
+    }
+
+    let open = Fetcher::new(DownloadConfig::default()).unwrap();
+    for location in &locations {
+        let bytes = open.fetch(location).await.unwrap();
+        assert_eq!(bytes.len() as u64, std::fs::metadata(&photo).unwrap().len());
+    }
+}

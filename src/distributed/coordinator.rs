@@ -499,7 +499,8 @@ async fn follow(
 /// nothing to deliver and nothing in flight for twice the ack wait (at least 10 s).
 ///
 /// A job whose deliveries ran out while no coordinator listened for the advisory stays in the
-/// stream but is never delivered again; without this check the coordinator would wait forever.
+/// stream, but the server never delivers it again. Without this check the coordinator would
+/// wait forever.
 async fn check_queue(
     queue: &Queue,
     run_id: &str,
