@@ -621,5 +621,8 @@ fn print_summary(summary: &crate::pipeline::RunSummary) {
     for (status, count) in &counts.by_status {
         eprintln!("  {status}: {count}");
     }
+    if !summary.skipped_shards.is_empty() {
+        eprintln!("shards already written were kept as they are; pass --overwrite to redo them");
+    }
     eprintln!("output: {}", summary.output.display());
 }

@@ -8,6 +8,7 @@ fn main() -> ExitCode {
 
     let cli = capfilt::cli::Cli::parse();
     capfilt::cli::init_logging(&cli);
+    let json_logs = matches!(cli.log_format, capfilt::cli::LogFormat::Json);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -21,8 +22,12 @@ fn main() -> ExitCode {
         Err(error) => {
             // Errors may quote an input's URL; its password stays out of the log.
             let message = capfilt::redact::redact_urls(&format!("{error:#}"));
-            tracing::error!("{message}");
-            eprintln!("error: {message}");
+            // One line per error: a JSON record for log collectors, plain text for people.
+            if json_logs {
+                tracing::error!("{message}");
+            } else {
+                eprintln!("error: {message}");
+            }
             ExitCode::FAILURE
         }
     }
