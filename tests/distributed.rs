@@ -353,15 +353,47 @@ fn parquet_count(dir: &Path) -> usize {
     })
 }
 
+/// A NATS server, a slow image server and, in a temporary folder, a list of distinct image URLs
+/// with an output folder beside it: what most tests here start from.
+struct Scene {
+    nats: NatsServer,
+    images: SlowImages,
+    dir: tempfile::TempDir,
+    list: PathBuf,
+    out: PathBuf,
+}
+
+impl Scene {
+    /// Starts the servers and writes a list of `rows` URLs whose images take `delay` to serve.
+    /// Returns `None` when nats-server is not installed (and not required).
+    fn start(rows: usize, delay: Duration) -> Option<Self> {
+        let nats = NatsServer::start()?;
+        let images = SlowImages::start(delay);
+        let dir = tempfile::tempdir().unwrap();
+        let list = write_list(dir.path(), &images, rows);
+        let out = dir.path().join("out");
+        Some(Scene {
+            nats,
+            images,
+            dir,
+            list,
+            out,
+        })
+    }
+}
+
 #[test]
 fn two_workers_complete_run() {
-    let Some(nats) = NatsServer::start() else {
+    let Some(Scene {
+        nats,
+        images,
+        dir,
+        list,
+        out,
+    }) = Scene::start(22, Duration::from_millis(20))
+    else {
         return;
     };
-    let images = SlowImages::start(Duration::from_millis(20));
-    let dir = tempfile::tempdir().unwrap();
-    let list = write_list(dir.path(), &images, 22);
-    let out = dir.path().join("out");
 
     let mut coordinator = coordinator(
         &nats,
@@ -396,13 +428,16 @@ fn two_workers_complete_run() {
 
 #[test]
 fn killed_worker_shard_is_redelivered() {
-    let Some(nats) = NatsServer::start() else {
+    let Some(Scene {
+        nats,
+        images: _images,
+        dir,
+        list,
+        out,
+    }) = Scene::start(12, Duration::from_millis(1500))
+    else {
         return;
     };
-    let images = SlowImages::start(Duration::from_millis(1500));
-    let dir = tempfile::tempdir().unwrap();
-    let list = write_list(dir.path(), &images, 12);
-    let out = dir.path().join("out");
 
     let mut coordinator = coordinator(
         &nats,
@@ -430,13 +465,16 @@ fn killed_worker_shard_is_redelivered() {
 
 #[test]
 fn terminated_worker_hands_shard_back() {
-    let Some(nats) = NatsServer::start() else {
+    let Some(Scene {
+        nats,
+        images: _images,
+        dir,
+        list,
+        out,
+    }) = Scene::start(2, Duration::from_secs(8))
+    else {
         return;
     };
-    let images = SlowImages::start(Duration::from_secs(8));
-    let dir = tempfile::tempdir().unwrap();
-    let list = write_list(dir.path(), &images, 2);
-    let out = dir.path().join("out");
 
     let mut coordinator = coordinator(
         &nats,
@@ -474,13 +512,16 @@ fn terminated_worker_hands_shard_back() {
 
 #[test]
 fn run_survives_nats_restart() {
-    let Some(mut nats) = NatsServer::start() else {
+    let Some(Scene {
+        mut nats,
+        images: _images,
+        dir,
+        list,
+        out,
+    }) = Scene::start(24, Duration::from_millis(300))
+    else {
         return;
     };
-    let images = SlowImages::start(Duration::from_millis(300));
-    let dir = tempfile::tempdir().unwrap();
-    let list = write_list(dir.path(), &images, 24);
-    let out = dir.path().join("out");
 
     let mut coordinator = coordinator(
         &nats,
@@ -503,13 +544,16 @@ fn run_survives_nats_restart() {
 
 #[test]
 fn restarted_coordinator_resumes() {
-    let Some(nats) = NatsServer::start() else {
+    let Some(Scene {
+        nats,
+        images,
+        dir,
+        list,
+        out,
+    }) = Scene::start(20, Duration::from_millis(400))
+    else {
         return;
     };
-    let images = SlowImages::start(Duration::from_millis(400));
-    let dir = tempfile::tempdir().unwrap();
-    let list = write_list(dir.path(), &images, 20);
-    let out = dir.path().join("out");
 
     let mut first = coordinator(
         &nats,
@@ -551,13 +595,16 @@ fn restarted_coordinator_resumes() {
 
 #[test]
 fn failing_shard_is_reported_without_blocking() {
-    let Some(nats) = NatsServer::start() else {
+    let Some(Scene {
+        nats,
+        images: _images,
+        dir,
+        list,
+        out,
+    }) = Scene::start(12, Duration::from_millis(10))
+    else {
         return;
     };
-    let images = SlowImages::start(Duration::from_millis(10));
-    let dir = tempfile::tempdir().unwrap();
-    let list = write_list(dir.path(), &images, 12);
-    let out = dir.path().join("out");
 
     // A folder where the second shard's file belongs makes every upload of that shard fail.
     let blocked = format!(
@@ -889,13 +936,16 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 #[test]
 fn metrics_served_by_worker_and_coordinator() {
-    let Some(nats) = NatsServer::start() else {
+    let Some(Scene {
+        nats,
+        images: _images,
+        dir,
+        list,
+        out,
+    }) = Scene::start(8, Duration::from_millis(200))
+    else {
         return;
     };
-    let images = SlowImages::start(Duration::from_millis(200));
-    let dir = tempfile::tempdir().unwrap();
-    let list = write_list(dir.path(), &images, 8);
-    let out = dir.path().join("out");
     let (worker_port, coordinator_port) = (free_port(), free_port());
 
     let mut command = capfilt();
@@ -1332,13 +1382,16 @@ fn oversized_job_is_rejected() {
 
 #[test]
 fn worker_recreates_deleted_consumer() {
-    let Some(nats) = NatsServer::start() else {
+    let Some(Scene {
+        nats,
+        images: _images,
+        dir,
+        list,
+        out,
+    }) = Scene::start(12, Duration::from_millis(300))
+    else {
         return;
     };
-    let images = SlowImages::start(Duration::from_millis(300));
-    let dir = tempfile::tempdir().unwrap();
-    let list = write_list(dir.path(), &images, 12);
-    let out = dir.path().join("out");
 
     let mut coordinator = coordinator(
         &nats,
@@ -1370,12 +1423,16 @@ fn worker_recreates_deleted_consumer() {
 
 #[test]
 fn bad_model_fails_run_not_worker() {
-    let Some(nats) = NatsServer::start() else {
+    let Some(Scene {
+        nats,
+        images: _images,
+        dir,
+        list,
+        out: _,
+    }) = Scene::start(2, Duration::from_millis(10))
+    else {
         return;
     };
-    let images = SlowImages::start(Duration::from_millis(10));
-    let dir = tempfile::tempdir().unwrap();
-    let list = write_list(dir.path(), &images, 2);
     let nats_url = nats.url();
 
     let mut command = capfilt();
@@ -1436,13 +1493,16 @@ fn bad_model_fails_run_not_worker() {
 
 #[test]
 fn reused_run_id_with_other_inputs_rejected() {
-    let Some(nats) = NatsServer::start() else {
+    let Some(Scene {
+        nats,
+        images: _images,
+        dir,
+        list,
+        out,
+    }) = Scene::start(2, Duration::from_millis(10))
+    else {
         return;
     };
-    let images = SlowImages::start(Duration::from_millis(10));
-    let dir = tempfile::tempdir().unwrap();
-    let list = write_list(dir.path(), &images, 2);
-    let out = dir.path().join("out");
     let mut first = coordinator(
         &nats,
         &list,
@@ -1507,13 +1567,16 @@ fn local_commands_reject_s3_paths() {
 
 #[test]
 fn exhausted_job_without_coordinator_fails() {
-    let Some(nats) = NatsServer::start() else {
+    let Some(Scene {
+        nats,
+        images: _images,
+        dir,
+        list,
+        out,
+    }) = Scene::start(1, Duration::from_secs(30))
+    else {
         return;
     };
-    let images = SlowImages::start(Duration::from_secs(30));
-    let dir = tempfile::tempdir().unwrap();
-    let list = write_list(dir.path(), &images, 1);
-    let out = dir.path().join("out");
     let nats_url = nats.url();
     let model = tiny_captioner();
     let coordinator_with = |log: &str| {

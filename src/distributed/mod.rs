@@ -195,6 +195,27 @@ pub struct QueueArgs {
 
 /// Creates (or opens) the job stream, the worker consumer and the state bucket.
 pub async fn open_queue(client: &async_nats::Client, queue: QueueArgs) -> anyhow::Result<Queue> {
+    // Processes starting together race to create the stream, consumer and bucket, and the
+    // loser of a race gets an error (NATS 2.9 answers "subjects overlap" for the stream); the
+    // next attempt finds what the winner created.
+    let mut attempt = 1;
+    loop {
+        match try_open_queue(client, queue).await {
+            Ok(opened) => return Ok(opened),
+            Err(error) if attempt < OPEN_ATTEMPTS => {
+                tracing::debug!(attempt, error = %format!("{error:#}"), "opening the job queue failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200) * attempt).await;
+                attempt += 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Attempts at opening the queue before giving up.
+const OPEN_ATTEMPTS: u32 = 4;
+
+async fn try_open_queue(client: &async_nats::Client, queue: QueueArgs) -> anyhow::Result<Queue> {
     let context = jetstream::new(client.clone());
     let stream = context
         .get_or_create_stream(stream::Config {
