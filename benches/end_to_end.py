@@ -73,7 +73,7 @@ def run_capfilt(binary, url_list, out_dir, model_dir, case, batch_size):
     subprocess.run(command, check=True, capture_output=True, text=True)
     seconds = time.perf_counter() - start
 
-    manifest = json.loads((out_dir / "manifest.json").read_text())
+    manifest = json.loads((out_dir / "_manifest.json").read_text())
     return {
         "seconds": seconds,
         "ok": manifest["counts"]["ok"],
