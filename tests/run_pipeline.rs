@@ -209,6 +209,8 @@ fn shards_split_and_resume() {
     assert!(again.status.success());
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.path().join("_manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["skipped_shards"].as_array().unwrap().len(), 3, "finished shards are not redone");
+    assert_eq!(manifest["counts"]["rows"], 7, "kept shards stay counted in the manifest");
+    assert_eq!(manifest["shards"].as_array().unwrap().len(), 3, "kept shards stay listed in the manifest");
     let second = read_shards(out.path());
     let keys = |rows: &[HashMap<String, Option<String>>]| {
         let mut keys: Vec<_> = rows.iter().map(|r| r["key"].clone()).collect();

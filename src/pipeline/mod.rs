@@ -130,6 +130,8 @@ pub async fn run(inputs: &[String], output: &Path, config: RunConfig) -> anyhow:
     let input_files = crate::inputs::resolve(inputs, &fetcher, list_dir.path()).await?;
     tracing::info!(inputs = input_files.len(), "inputs resolved");
 
+    // Read before this run replaces it, so shards kept from an earlier run stay counted.
+    let previous = shard::read_manifest_records(output);
     let engine = Engine::start(&config, fetcher, output).await?;
     let producer = spawn_producer(input_files, options, config.clone(), output.to_path_buf(), engine.work.clone(), engine.events.clone());
     producer.await.context("the input reader stopped unexpectedly")?;
@@ -137,17 +139,19 @@ pub async fn run(inputs: &[String], output: &Path, config: RunConfig) -> anyhow:
     let EngineTotals { collected, model: stats, fetches } = engine.finish().await?;
 
     let seconds = started.elapsed().as_secs_f64();
+    let images_per_second = collected.counts.ok as f64 / seconds.max(1e-9);
+    let (counts, shards) = shard::with_kept_shards(collected.counts, collected.shards, &collected.skipped, &previous);
     let summary = RunSummary {
         version: env!("CARGO_PKG_VERSION"),
         output: output.to_path_buf(),
         inputs: inputs.iter().map(|input| crate::redact::redact_urls(input)).collect(),
         model,
         filter_model,
-        images_per_second: collected.counts.ok as f64 / seconds.max(1e-9),
-        counts: collected.counts,
+        images_per_second,
+        counts,
         downloads: fetches.downloads,
         deduplicated_rows: fetches.deduplicated_rows,
-        shards: collected.shards,
+        shards,
         skipped_shards: collected.skipped,
         failed_inputs: collected.failed_inputs,
         config,

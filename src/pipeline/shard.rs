@@ -339,6 +339,45 @@ async fn write_finished(
     })
 }
 
+/// Reads the shard records of the `_manifest.json` an earlier run left in `output`, by shard id.
+/// A missing or unreadable manifest gives none.
+pub fn read_manifest_records(output: &Path) -> HashMap<String, ShardRecord> {
+    #[derive(serde::Deserialize)]
+    struct Earlier {
+        #[serde(default)]
+        shards: Vec<ShardRecord>,
+    }
+
+    let Ok(bytes) = std::fs::read(output.join("_manifest.json")) else {
+        return HashMap::new();
+    };
+    match serde_json::from_slice::<Earlier>(&bytes) {
+        Ok(earlier) => earlier.shards.into_iter().map(|record| (record.id.clone(), record)).collect(),
+        Err(error) => {
+            tracing::warn!(%error, "the earlier _manifest.json is unreadable; shards it listed are not counted again");
+            HashMap::new()
+        }
+    }
+}
+
+/// Adds the records of shards this run skipped as already written, so the manifest describes
+/// every shard of the output rather than only those written this time.
+pub fn with_kept_shards(
+    mut counts: Counts,
+    mut shards: Vec<ShardRecord>,
+    skipped: &[String],
+    previous: &HashMap<String, ShardRecord>,
+) -> (Counts, Vec<ShardRecord>) {
+    for id in skipped {
+        if let Some(record) = previous.get(id) {
+            counts.merge(&record.counts);
+            shards.push(record.clone());
+        }
+    }
+    shards.sort_by(|a, b| a.id.cmp(&b.id));
+    (counts, shards)
+}
+
 /// Writes `_manifest.json` atomically.
 pub fn write_manifest(output: &Path, summary: &RunSummary) -> anyhow::Result<()> {
     let path = output.join("_manifest.json");
