@@ -21,7 +21,8 @@ pub async fn resolve(patterns: &[String], fetcher: &crate::fetch::Fetcher, downl
         if lower.starts_with("http://") || lower.starts_with("https://") {
             let path = download_list(pattern, fetcher, download_dir, files.len()).await?;
             // The label names the input in keys, shard ids, messages and the manifest, so it
-            // leaves out any password; a list keeps its shard ids when its password changes.
+            // leaves out any password. A list therefore keeps its shard ids when its password
+            // changes.
             files.push(InputFile::new(path, redact_urls(pattern)));
         } else if lower.starts_with("s3://") {
             let path = download_s3_list(pattern, fetcher, download_dir, files.len()).await?;

@@ -149,7 +149,7 @@ impl LabelledIndex {
     }
 }
 
-/// The first 8 bytes of the URL's SHA-256. A fixed hash, unlike `DefaultHasher`, so the value
+/// Returns the first 8 bytes of the URL's SHA-256. A fixed hash, unlike `DefaultHasher`, so the value
 /// would stay the same if the table were ever persisted.
 pub fn url_hash(url: &str) -> u64 {
     let digest = Sha256::digest(url.as_bytes());
@@ -160,7 +160,7 @@ pub fn url_hash(url: &str) -> u64 {
     )
 }
 
-/// The first 16 hex digits of a hex SHA-256, or `None` when the text is not one.
+/// Parses the first 16 hex digits of a hex SHA-256, or returns `None` when the text is not one.
 pub fn content_hash(sha256_hex: &str) -> Option<u64> {
     if sha256_hex.len() != 64 {
         return None;
@@ -209,7 +209,7 @@ fn shard_files(path: &str) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Whether two files' capfilt metadata describe the same models and settings. Every
+/// Checks whether two files' capfilt metadata describe the same models and settings. Every
 /// `capfilt.*` key except the version must be equal or absent in both, so a filter that was on
 /// in one run and off in the other counts as a difference.
 pub fn same_settings(earlier: &HashMap<String, String>, current: &HashMap<String, String>) -> bool {

@@ -39,7 +39,7 @@ pub fn redact_urls(text: &str) -> String {
     out
 }
 
-/// A parsed URL for display, without its user information.
+/// Formats a parsed URL for display, without its user information.
 pub fn redact_url(url: &url::Url) -> String {
     if url.username().is_empty() && url.password().is_none() {
         return url.to_string();

@@ -114,7 +114,7 @@ async fn answer(State(state): State<Arc<ServerState>>, uri: Uri) -> Response {
         };
         return Redirect::to(next).into_response();
     }
-    // Both answers wait, so rows that share a URL are in flight together.
+    // Both responses wait, so rows that share a URL are in flight together.
     tokio::time::sleep(state.delay).await;
     if path.starts_with("/img/") {
         return cat_png().into_response();
@@ -696,7 +696,8 @@ fn secrets_stay_out_of_logs_errors_and_manifest() {
         BTreeSet::from(["ok", "http_error", "too_many_redirects", "network_error"]),
         "{got:?}"
     );
-    assert!(ls.seen.count("/lists/urls.txt") == 1 && ls.seen.count("/img/s.png") == 1);
+    assert_eq!(ls.seen.count("/lists/urls.txt"), 1);
+    assert_eq!(ls.seen.count("/img/s.png"), 1);
     let errors: String = got
         .iter()
         .filter_map(|r| text(r, "error"))

@@ -85,7 +85,7 @@ async fn stall() -> Response {
     ([("content-type", "image/jpeg")], Body::from_stream(stream)).into_response()
 }
 
-/// One row per `i`, cycling through the hostile cases ten rows at a time.
+/// Writes the row for `i`, cycling through the hostile cases ten rows at a time.
 fn list_line(server: &TestServer, names: &[String], i: usize) -> String {
     let name = &names[i % names.len()];
     let url = match i % 10 {

@@ -196,7 +196,7 @@ pub struct QueueArgs {
 /// Creates (or opens) the job stream, the worker consumer and the state bucket.
 pub async fn open_queue(client: &async_nats::Client, queue: QueueArgs) -> anyhow::Result<Queue> {
     // Processes starting together race to create the stream, consumer and bucket, and the
-    // loser of a race gets an error (NATS 2.9 answers "subjects overlap" for the stream); the
+    // loser of a race gets an error (from NATS 2.9, "subjects overlap" for the stream). The
     // next attempt finds what the winner created.
     let mut attempt = 1;
     loop {

@@ -246,7 +246,7 @@ pub async fn run(options: WorkerOptions) -> anyhow::Result<WorkerSummary> {
     }
 
     shut_down(&mut tasks, &mut summary, &shared, options.shutdown_timeout).await;
-    // After a hand-back the pipeline still contains those shards; waiting for it would redo work
+    // After a hand-back the pipeline still contains those shards. Waiting for it would redo work
     // that another worker now owns, so the process exits without draining it.
     if summary.handed_back == 0 {
         if let Some(old) = engine.take() {

@@ -29,12 +29,12 @@ pub struct Waiter {
 pub enum Joined {
     /// No row with this image is in flight: the caller fetches it.
     First,
-    /// Another row's fetch will answer this row too.
+    /// Another row's fetch also serves this row.
     Shared,
 }
 
 /// Images being fetched, prepared or captioned, each with the rows waiting for it. An entry
-/// leaves when its result is handed to its rows, so the table holds at most the rows in flight.
+/// leaves when its result is handed to its rows, so the table contains at most the rows in flight.
 #[derive(Debug, Default)]
 pub struct InFlight {
     waiting: Mutex<HashMap<ImageKey, Vec<Waiter>>>,

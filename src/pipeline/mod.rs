@@ -226,7 +226,7 @@ impl Engine {
             .map_err(|_| anyhow::anyhow!("the pipeline has stopped"))
     }
 
-    /// Whether a stage has stopped, after which no submitted shard can finish.
+    /// Checks whether a stage has stopped, after which no submitted shard can finish.
     pub fn is_stopped(&self) -> bool {
         self.collector.is_finished() || self.dispatcher.is_finished() || self.model_thread.is_finished()
     }
@@ -243,7 +243,7 @@ impl Engine {
     }
 }
 
-/// What an engine did from start to finish.
+/// Totals of an engine from start to finish.
 pub struct EngineTotals {
     pub collected: shard::Collected,
     pub model: ModelStats,
@@ -395,7 +395,7 @@ fn spawn_producer(
     })
 }
 
-/// How many fetches the dispatcher started, and how many rows it answered with another row's.
+/// Counts of fetches the dispatcher started and of rows that shared another row's fetch.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FetchCounts {
     pub downloads: u64,
@@ -469,8 +469,8 @@ impl Dispatcher {
     async fn start_row(&self, shard: u64, row: PendingRow, base_dir: &Option<PathBuf>) -> Joined {
         let PendingRow { row, url, key, web_caption } = row;
         let image = ImageKey { url, base_dir: base_dir.clone() };
-        // An empty or blank web caption is no caption: scoring it would keep a text that says
-        // nothing. The output row still shows it as given.
+        // An empty or blank web caption is no caption: scoring it would keep a text with no
+        // content. The output row still shows it as given.
         let web_caption = web_caption.filter(|caption| !caption.trim().is_empty());
         let waiter = Waiter { row: RowId { shard, row }, web_caption };
         if self.in_flight.join(&image, waiter) == Joined::Shared {
@@ -500,7 +500,7 @@ impl Dispatcher {
     }
 }
 
-/// Returns the `already_labelled` answer for an image whose bytes an earlier run captioned, when
+/// Returns the `already_labelled` result for an image whose bytes an earlier run captioned, when
 /// matching by content. The image keeps its size, format and hash in the output row.
 fn labelled_content(labelled: Option<&LabelledIndex>, info: &ImageInfo) -> Option<RowFailure> {
     let source = labelled?.labelled_content(&info.sha256)?;

@@ -50,7 +50,7 @@ pub struct ModelStats {
     pub busy: Duration,
 }
 
-/// What the model thread owns and where it sends results.
+/// The model thread's models, in-flight table and result channel.
 pub struct ModelStage {
     pub captioner: Captioner,
     pub filter: Option<Filter>,
@@ -76,7 +76,7 @@ pub fn run_model_loop(stage: ModelStage, input: flume::Receiver<BatchItem>, batc
         }
 
         let captioned = caption_batch(&stage.captioner, &batch, &pixels);
-        // Taken after captioning, so rows that joined while the batch ran are answered by it.
+        // Taken after captioning, so rows that joined while the batch ran get its result too.
         let waiters: Vec<Vec<Waiter>> = batch.iter().map(|item| stage.in_flight.take(&item.image)).collect();
         span.record("rows", waiters.iter().map(Vec::len).sum::<usize>());
         let result = captioned
