@@ -17,6 +17,10 @@ The stock candle-transformers BLIP (`candle_blip_greedy` example, one image at a
 greedy case as a baseline. Token ids are compared with transformers' after its padding is
 removed. Images per second come from the median call time. Model loading is not timed.
 
+The encoder case times the image encoder alone on the same batch (transformers' `vision_model`,
+capfilt's `generate_tokens --mode encoder`). Subtracting it from a case's time splits that case
+into encoding and decoding, which shows where each side spends its time.
+
 Absolute times on a shared machine are noise; the ratios between the sides are the result.
 
 --device cuda --dtype bf16 runs both sides on the GPU (capfilt built with the cuda feature; see
@@ -136,6 +140,41 @@ def run_capfilt(bin_dir, model_dir, pixels_path, case, repeat, threads):
     return {"seconds_per_run": result["seconds_per_run"], "sequences": [s["tokens"] for s in result["sequences"]]}
 
 
+def run_hf_encoder(model, pixel_values, repeat):
+    import torch
+
+    with torch.no_grad():
+        model.vision_model(pixel_values=pixel_values[:1])
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            model.vision_model(pixel_values=pixel_values)
+            times.append(time.perf_counter() - start)
+    return {"seconds_per_run": times}
+
+
+def run_capfilt_encoder(bin_dir, model_dir, pixels_path, repeat, threads):
+    args = ["--model", str(model_dir), "--pixels", str(pixels_path), "--decoding", "greedy", "--mode", "encoder", "--repeat", str(repeat)]
+    return run_rust(Path(bin_dir) / "generate_tokens", args, threads)["encoder"]
+
+
+def bench_encoder(args, model, pixel_values, pixels_path):
+    import torch
+
+    images = pixel_values.shape[0]
+    pixels = torch.from_numpy(pixel_values).to(args.device, TORCH_DTYPES[args.dtype])
+    sides = {
+        "transformers": timed_block("encoder/transformers", lambda: run_hf_encoder(model, pixels, args.repeat)),
+        "capfilt": timed_block("encoder/capfilt", lambda: run_capfilt_encoder(args.bin_dir, args.model, pixels_path, args.repeat, args.threads)),
+    }
+    for result in sides.values():
+        summarise(result, images)
+    hf_rate = sides["transformers"]["images_per_s"]
+    for result in sides.values():
+        result["ratio_to_transformers"] = result["images_per_s"] / hf_rate
+    return {"settings": {"encoder_only": True}, "images": images, "sides": sides}
+
+
 def run_candle(bin_dir, model_dir, pixels_path, case, repeat, threads):
     args = ["--model", str(model_dir), "--pixels", str(pixels_path), "--max-length", str(case["max_length"]), "--repeat", str(repeat)]
     out = subprocess.run([str(Path(bin_dir) / "candle_blip_greedy"), *args], check=True, capture_output=True, text=True, env=rust_env(threads))
@@ -189,7 +228,12 @@ def print_table(results):
     print(f"{'case':8} {'side':20} {'median s':>9} {'images/s':>9} {'x HF':>6} tokens")
     for name, res in results["cases"].items():
         for side, r in res["sides"].items():
-            same = "identical" if r["tokens_identical"] else f"{r['identical_sequences']}/{res['images']} identical"
+            if "tokens_identical" not in r:
+                same = "-"
+            elif r["tokens_identical"]:
+                same = "identical"
+            else:
+                same = f"{r['identical_sequences']}/{res['images']} identical"
             print(f"{name:8} {side:20} {r['median_seconds']:9.2f} {r['images_per_s']:9.3f} {r['ratio_to_transformers']:6.2f} {same}")
 
 
@@ -200,7 +244,7 @@ def main():
     ap.add_argument("--images", type=int, default=8, help="images per batch (default 8)")
     ap.add_argument("--repeat", type=int, default=2, help="timed calls per side and case (default 2)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every side (default: all CPUs)")
-    ap.add_argument("--cases", default="beam,greedy")
+    ap.add_argument("--cases", default="beam,greedy,encoder")
     ap.add_argument("--skip-candle", action="store_true")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default="f32")
@@ -230,7 +274,10 @@ def main():
         pixels_path = Path(tmp) / "pixels.safetensors"
         save_file({"pixel_values": pixel_values}, str(pixels_path))
         for name in args.cases.split(","):
-            results["cases"][name] = bench_case(name, CASES[name], args, model, tokenizer, pixel_values, pixels_path)
+            if name == "encoder":
+                results["cases"][name] = bench_encoder(args, model, pixel_values, pixels_path)
+            else:
+                results["cases"][name] = bench_case(name, CASES[name], args, model, tokenizer, pixel_values, pixels_path)
 
     results["machine"]["loadavg_end"] = list(os.getloadavg())
     print_table(results)

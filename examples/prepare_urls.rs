@@ -3,13 +3,15 @@
 //! `capfilt run` does before the model. Used by `benches/prepare_stage.py`.
 //!
 //! ```text
-//! cargo run --example prepare_urls -- URLS.txt [--threads N] [--concurrency N] [--repeat N]
+//! cargo run --example prepare_urls -- URLS.txt [--threads N] [--concurrency N] [--repeat N] [--jpeg-dct-scaling]
 //! ```
 //!
 //! `URLS.txt` has one URL per line. Private and loopback addresses are allowed, since the
 //! benchmark serves the images from a local HTTP server. `--threads` sizes the decode pool
 //! (default: every CPU, as `capfilt run`), `--concurrency` the downloads in flight (default:
-//! capfilt's download default). The JSON on stdout has the wall time of each pass over the list.
+//! capfilt's download default). `--jpeg-dct-scaling` decodes large JPEGs at a reduced scale, as
+//! `capfilt run --jpeg-dct-scaling` does. The JSON on stdout has the wall time of each pass over
+//! the list.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -27,6 +29,7 @@ struct Args {
     threads: usize,
     concurrency: usize,
     repeat: usize,
+    jpeg_dct_scaling: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -34,6 +37,7 @@ fn parse_args() -> Result<Args> {
     let mut threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut concurrency = DownloadConfig::default().concurrency;
     let mut repeat = 1;
+    let mut jpeg_dct_scaling = false;
 
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -42,18 +46,20 @@ fn parse_args() -> Result<Args> {
             "--threads" => threads = value()?.parse().context("--threads")?,
             "--concurrency" => concurrency = value()?.parse().context("--concurrency")?,
             "--repeat" => repeat = value()?.parse().context("--repeat")?,
+            "--jpeg-dct-scaling" => jpeg_dct_scaling = true,
             flag if flag.starts_with("--") => bail!("unknown option {flag}"),
             path => list = Some(path.to_string()),
         }
     }
 
-    let list = list.context("usage: prepare_urls URLS.txt [--threads N] [--concurrency N] [--repeat N]")?;
+    let list = list.context("usage: prepare_urls URLS.txt [--threads N] [--concurrency N] [--repeat N] [--jpeg-dct-scaling]")?;
     let text = std::fs::read_to_string(&list).with_context(|| format!("reading {list}"))?;
     let urls = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
-    Ok(Args { urls, threads, concurrency, repeat: repeat.max(1) })
+    Ok(Args { urls, threads, concurrency, repeat: repeat.max(1), jpeg_dct_scaling })
 }
 
-fn preparer(threads: usize, concurrency: usize) -> Result<Preparer> {
+fn preparer(args: &Args) -> Result<Preparer> {
+    let (threads, concurrency) = (args.threads, args.concurrency);
     // The benchmark's server listens on loopback, which the download guard rejects by default.
     let download = DownloadConfig { allow_private_networks: true, concurrency, per_host_concurrency: 0, ..DownloadConfig::default() };
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
@@ -62,6 +68,7 @@ fn preparer(threads: usize, concurrency: usize) -> Result<Preparer> {
         fetcher: Fetcher::new(download)?,
         limits: DecodeLimits::default(),
         preprocess: PreprocessConfig::blip(),
+        jpeg_min_side: args.jpeg_dct_scaling.then_some(2 * PreprocessConfig::blip().size),
         pool: Arc::new(pool),
         failure_log: Default::default(),
     })
@@ -82,7 +89,7 @@ async fn pass(preparer: &Preparer, urls: &[String], concurrency: usize) -> (f64,
 }
 
 async fn run(args: Args) -> Result<serde_json::Value> {
-    let preparer = preparer(args.threads, args.concurrency)?;
+    let preparer = preparer(&args)?;
 
     let mut times = Vec::with_capacity(args.repeat);
     let mut prepared = 0;
@@ -100,6 +107,7 @@ async fn run(args: Args) -> Result<serde_json::Value> {
         "errors": errors,
         "threads": args.threads,
         "concurrency": args.concurrency,
+        "jpeg_dct_scaling": args.jpeg_dct_scaling,
         "seconds_per_run": times,
     }))
 }

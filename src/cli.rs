@@ -304,6 +304,10 @@ pub struct Settings {
     /// Largest accepted image in pixels (width x height).
     #[arg(long, env = "CAPFILT_MAX_PIXELS")]
     pub max_pixels: Option<u64>,
+    /// Decode large JPEGs at a reduced DCT scale (sides at least twice the model's input size):
+    /// several times faster on photos, with pixels slightly different from a full decode.
+    #[arg(long, env = "CAPFILT_JPEG_DCT_SCALING")]
+    pub jpeg_dct_scaling: bool,
     /// Downloads in flight at once to one host (0: no limit).
     #[arg(long, env = "CAPFILT_PER_HOST_CONCURRENCY")]
     pub per_host_concurrency: Option<usize>,
@@ -394,6 +398,7 @@ impl Settings {
         set(&mut config.download.user_agent, self.user_agent.clone());
         set(&mut config.image.min_size, self.min_size);
         set(&mut config.image.max_pixels, self.max_pixels);
+        config.image.jpeg_dct_scaling |= self.jpeg_dct_scaling;
         set(&mut config.download.per_host_concurrency, self.per_host_concurrency);
         config.download.allow_private_networks |= self.allow_private_networks;
         set(&mut config.download.allowed_cidrs, (!self.allow_cidr.is_empty()).then(|| self.allow_cidr.clone()));

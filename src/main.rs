@@ -3,6 +3,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Before any other thread starts, so that every thread's heap gets the settings.
+    capfilt_workers::allocator::tune_for_inference();
+
     // Clients built without an explicit provider (async-nats' TLS) need a process default.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 

@@ -181,7 +181,7 @@ impl Engine {
         check_kept_columns(&config.input.keep_cols)?;
         let (model, captioner) = load_model(config).await?;
         let filter = load_filter(config, captioner.image_size()).await?;
-        let metadata = shard::file_metadata(&model, &config.caption, filter.as_ref().map(|(m, _)| (m, &config.filter)));
+        let metadata = shard::file_metadata(&model, &config.caption, filter.as_ref().map(|(m, _)| (m, &config.filter)), &config.image);
         let labelled = load_labelled(&config.run, &metadata).await?;
 
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -196,6 +196,7 @@ impl Engine {
             fetcher,
             limits: decode_limits(config),
             preprocess: PreprocessConfig { size: model.image_size as u32, ..PreprocessConfig::blip() },
+            jpeg_min_side: config.image.jpeg_dct_scaling.then_some(2 * model.image_size as u32),
             pool: Arc::new(decode_pool(config.run.decode_threads)?),
             failure_log: Default::default(),
         });

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use capfilt_workers::image::{decode, DecodeLimits, PreprocessConfig, Preprocessor};
+use capfilt_workers::image::{decode, decode_at_least, DecodeLimits, PreprocessConfig, Preprocessor};
 use sha2::{Digest, Sha256};
 
 use crate::fetch::{locate, Fetcher};
@@ -40,6 +40,8 @@ pub struct Preparer {
     pub fetcher: Fetcher,
     pub limits: DecodeLimits,
     pub preprocess: PreprocessConfig,
+    /// Smallest side a JPEG may be decoded at (DCT scaling); `None` decodes in full.
+    pub jpeg_min_side: Option<u32>,
     pub pool: Arc<rayon::ThreadPool>,
     pub failure_log: crate::log_limit::DownloadFailureLog,
 }
@@ -57,8 +59,9 @@ impl Preparer {
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let limits = self.limits;
         let config = self.preprocess.clone();
+        let jpeg_min_side = self.jpeg_min_side;
         self.pool.spawn(move || {
-            let _ = sender.send(decode_and_preprocess(&bytes, &limits, &config));
+            let _ = sender.send(decode_and_preprocess(&bytes, &limits, jpeg_min_side, &config));
         });
         receiver.await.unwrap_or_else(|_| {
             Err(RowFailure { status: RowStatus::DecodeError, message: "image decoder thread stopped".into(), info: None })
@@ -71,11 +74,20 @@ thread_local! {
     static PREPROCESSOR: RefCell<Option<Preprocessor>> = const { RefCell::new(None) };
 }
 
-fn decode_and_preprocess(bytes: &[u8], limits: &DecodeLimits, config: &PreprocessConfig) -> Result<PreparedImage, RowFailure> {
+fn decode_and_preprocess(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    jpeg_min_side: Option<u32>,
+    config: &PreprocessConfig,
+) -> Result<PreparedImage, RowFailure> {
     let sha256 = hex(&Sha256::digest(bytes));
     let failure = |status: RowStatus, message: String, info: Option<ImageInfo>| RowFailure { status, message, info };
 
-    let decoded = decode(bytes, limits).map_err(|e| {
+    let decoded = match jpeg_min_side {
+        Some(min_side) => decode_at_least(bytes, limits, min_side),
+        None => decode(bytes, limits),
+    };
+    let decoded = decoded.map_err(|e| {
         let info = ImageInfo { sha256: sha256.clone(), ..Default::default() };
         failure(status_from_decode(e.status()), e.to_string(), Some(info))
     })?;

@@ -154,6 +154,7 @@ pub fn file_metadata(
     model: &ResolvedModel,
     caption: &CaptionSettings,
     filter: Option<(&ResolvedModel, &crate::config::FilterConfig)>,
+    image: &crate::config::ImageConfig,
 ) -> HashMap<String, String> {
     let mut metadata = HashMap::new();
     metadata.insert("capfilt.version".into(), env!("CARGO_PKG_VERSION").into());
@@ -189,6 +190,10 @@ pub fn file_metadata(
         "capfilt.image.background".into(),
         "alpha composited on white (255, 255, 255)".into(),
     );
+    // Written only when on, so files from runs that decode in full keep matching each other.
+    if image.jpeg_dct_scaling {
+        metadata.insert("capfilt.image.jpeg_decode".into(), "dct_scaled_to_twice_the_input_size".into());
+    }
     metadata
 }
 

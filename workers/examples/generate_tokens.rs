@@ -6,7 +6,7 @@
 //! cargo run -p capfilt-workers --example generate_tokens -- \
 //!     --model DIR --pixels FILE.safetensors --decoding greedy|beam \
 //!     [--num-beams 3] [--max-length 20] [--min-length 5] [--prompt "a picture of "] \
-//!     [--mode both|batched|single] [--repeat N] [--batch-size N]
+//!     [--mode both|batched|single|encoder] [--repeat N] [--batch-size N]
 //!     [--device cpu|cuda] [--dtype f32|bf16|f16] [--dump OUT.safetensors]
 //! ```
 //!
@@ -29,6 +29,9 @@
 //! allocator's first growth are not counted. Then it runs N times timed, and
 //! `batched.seconds_per_run` lists the times.
 //!
+//! `--mode encoder` times the image encoder alone on the whole batch (`encoder.seconds_per_run`,
+//! after the same warm-up), so that a benchmark can split a call into encoding and decoding.
+//!
 //! `--batch-size N` splits the batched call into calls of at most N images, as `capfilt run`
 //! batches a longer list. A run's time is then the sum over its calls.
 
@@ -45,7 +48,7 @@ use serde_json::{json, Value};
 
 const USAGE: &str =
     "usage: generate_tokens --model DIR --pixels FILE.safetensors --decoding greedy|beam \
-[--num-beams N] [--max-length N] [--min-length N] [--prompt TEXT] [--mode both|batched|single] \
+[--num-beams N] [--max-length N] [--min-length N] [--prompt TEXT] [--mode both|batched|single|encoder] \
 [--repeat N] [--batch-size N] [--device cpu|cuda] [--dtype f32|bf16|f16] [--dump OUT.safetensors]";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -53,6 +56,7 @@ enum Mode {
     Both,
     Batched,
     Single,
+    Encoder,
 }
 
 struct Args {
@@ -113,7 +117,8 @@ fn parse_args() -> Result<Args> {
                     "both" => Mode::Both,
                     "batched" => Mode::Batched,
                     "single" => Mode::Single,
-                    other => bail!("invalid --mode {other:?}: expected both, batched or single"),
+                    "encoder" => Mode::Encoder,
+                    other => bail!("invalid --mode {other:?}: expected both, batched, single or encoder"),
                 }
             }
             "--repeat" => repeat = number(&value)?.max(1),
@@ -224,6 +229,19 @@ fn batched_runs(captioner: &Captioner, pixels: &Tensor, repeat: usize, batch_siz
     Ok(json!({ "seconds": times[0], "seconds_per_run": times, "sequences": sequences }))
 }
 
+/// Times the image encoder on the whole batch `repeat` times, after one untimed image.
+fn encoder_runs(captioner: &Captioner, pixels: &Tensor, repeat: usize) -> Result<Value> {
+    captioner.encode_images(&pixels.narrow(0, 0, 1)?)?;
+
+    let mut times = Vec::with_capacity(repeat);
+    for _ in 0..repeat {
+        let start = Instant::now();
+        captioner.encode_images(pixels)?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    Ok(json!({ "seconds_per_run": times }))
+}
+
 fn run() -> Result<()> {
     let args = parse_args()?;
     let settings = args.settings.clone();
@@ -260,6 +278,11 @@ fn run() -> Result<()> {
         "load_seconds": load_seconds,
     });
 
+    if args.mode == Mode::Encoder {
+        output["encoder"] = encoder_runs(&captioner, &pixels, args.repeat)?;
+        println!("{}", serde_json::to_string_pretty(&output)?);
+        return Ok(());
+    }
     if args.mode != Mode::Single {
         output["batched"] = batched_runs(&captioner, &pixels, args.repeat, args.batch_size)?;
     }
@@ -294,6 +317,9 @@ fn run() -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    // The same allocator settings as the capfilt binary, so the timings are the product's.
+    capfilt_workers::allocator::tune_for_inference();
+
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

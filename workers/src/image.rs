@@ -186,17 +186,20 @@ pub struct DecodedImage {
     pub exif_orientation: Option<u16>,
     /// "all_black" or "all_white" when [`is_blank`] finds the picture blank.
     pub blank: Option<&'static str>,
+    /// Upright width and height of the source image. They exceed `rgb`'s when
+    /// [`decode_at_least`] decoded a JPEG at a reduced scale.
+    pub source_size: (u32, u32),
 }
 
 impl DecodedImage {
-    /// Returns the upright width in pixels.
+    /// Returns the source image's upright width in pixels.
     pub fn width(&self) -> u32 {
-        self.rgb.width()
+        self.source_size.0
     }
 
-    /// Returns the upright height in pixels.
+    /// Returns the source image's upright height in pixels.
     pub fn height(&self) -> u32 {
-        self.rgb.height()
+        self.source_size.1
     }
 }
 
@@ -438,17 +441,29 @@ fn sniff_markup(text: &[u8]) -> Sniffed {
 /// The format is found with [`sniff_format`]. The file's extension and the
 /// server's content type play no part.
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage, DecodeError> {
+    decode_guarded(bytes, limits, None)
+}
+
+/// Decodes like [`decode`], except that a JPEG larger than needed is decoded at a reduced DCT
+/// scale (n/8 of its size, n from 1 to 7) whose sides are both at least `min_side` pixels.
+/// Other formats decode at full size. With `min_side` at twice the model's input size, the
+/// resize that follows still averages at least 2×2 decoded pixels per output pixel.
+pub fn decode_at_least(bytes: &[u8], limits: &DecodeLimits, min_side: u32) -> Result<DecodedImage, DecodeError> {
+    decode_guarded(bytes, limits, Some(min_side))
+}
+
+fn decode_guarded(bytes: &[u8], limits: &DecodeLimits, jpeg_min_side: Option<u32>) -> Result<DecodedImage, DecodeError> {
     // Codecs are third-party code fed untrusted bytes, so a panic in one must
     // cost one row, not the worker thread.
-    panic::catch_unwind(AssertUnwindSafe(|| decode_inner(bytes, limits)))
+    panic::catch_unwind(AssertUnwindSafe(|| decode_inner(bytes, limits, jpeg_min_side)))
         .unwrap_or_else(|_| Err(DecodeError::Corrupt("decoder panicked".into())))
 }
 
-fn decode_inner(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage, DecodeError> {
+fn decode_inner(bytes: &[u8], limits: &DecodeLimits, jpeg_min_side: Option<u32>) -> Result<DecodedImage, DecodeError> {
     let format = decodable_format(bytes)?;
 
     if format == ImageFormatName::Jpeg {
-        return decode_jpeg(bytes, limits);
+        return decode_jpeg(bytes, limits, jpeg_min_side);
     }
 
     precheck_container(bytes, format, limits)?;
@@ -471,6 +486,7 @@ fn decode_inner(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage, Dec
 
     Ok(DecodedImage {
         blank: is_blank(&rgb),
+        source_size: rgb.dimensions(),
         rgb,
         format,
         had_alpha,
@@ -481,7 +497,7 @@ fn decode_inner(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage, Dec
 
 /// Decodes a JPEG: the marker walk vets it and supplies size and EXIF, and
 /// only then does libjpeg allocate and decode.
-fn decode_jpeg(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage, DecodeError> {
+fn decode_jpeg(bytes: &[u8], limits: &DecodeLimits, min_side: Option<u32>) -> Result<DecodedImage, DecodeError> {
     let header = jpeg::read_header(bytes)?;
 
     let (orientation, exif_orientation) = match header.exif {
@@ -491,10 +507,11 @@ fn decode_jpeg(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage, Deco
     let upright = upright_dimensions((header.width, header.height), orientation);
     check_dimensions(upright, header.output_bytes(), limits)?;
 
-    let rgb = orient(jpeg::decode_rgb(bytes, &header)?, orientation);
+    let rgb = orient(jpeg::decode_rgb(bytes, &header, min_side)?, orientation);
 
     Ok(DecodedImage {
         blank: is_blank(&rgb),
+        source_size: upright,
         rgb,
         format: ImageFormatName::Jpeg,
         had_alpha: false,

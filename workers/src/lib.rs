@@ -1,6 +1,7 @@
 //! Worker computation for capfilt: image decoding and preprocessing, and BLIP captioning on
 //! candle. This crate does no network or storage I/O.
 
+pub mod allocator;
 pub mod blip;
 pub mod caption;
 pub mod error;

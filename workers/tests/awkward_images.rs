@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use capfilt_workers::image::{
-    decode, is_blank, sniff_format, DecodeError, DecodeLimits, DecodedImage, ImageFormatName,
-    Sniffed,
+    decode, decode_at_least, is_blank, sniff_format, DecodeError, DecodeLimits, DecodedImage,
+    ImageFormatName, PreprocessConfig, Preprocessor, Sniffed,
 };
 use image::codecs::gif::GifEncoder;
 use image::{
@@ -1226,4 +1226,85 @@ fn is_blank_tolerates_only_faint_noise() {
     assert_eq!(is_blank(&with_one(255, 250)), None);
     assert_eq!(is_blank(&flat(128)), None);
     assert_eq!(is_blank(&RgbImage::new(0, 0)), None);
+}
+
+// ---------------------------------------------------------------------------
+// Reduced-scale JPEG decoding
+// ---------------------------------------------------------------------------
+
+fn decode_scaled(bytes: &[u8], min_side: u32) -> DecodedImage {
+    decode_at_least(bytes, &DecodeLimits::default(), min_side).unwrap()
+}
+
+fn blip_resized(rgb: &RgbImage) -> RgbImage {
+    let mut preprocessor = Preprocessor::new(PreprocessConfig::blip()).unwrap();
+    let bytes = preprocessor.resize(rgb).unwrap().to_vec();
+    RgbImage::from_raw(384, 384, bytes).unwrap()
+}
+
+#[test]
+fn scaled_jpeg_smallest_fitting_eighth() {
+    let jpeg = rgb_jpeg(&textured(2000, 1200, 20), JpegOptions::rgb());
+
+    let decoded = decode_scaled(&jpeg, 768);
+
+    // 6/8 of 1200 is 900; 5/8 would be 750, under 768.
+    assert_eq!(decoded.rgb.dimensions(), (1500, 900));
+    assert_eq!((decoded.width(), decoded.height()), (2000, 1200), "the source size is reported");
+}
+
+#[test]
+fn scaled_jpeg_model_input_close() {
+    let jpeg = rgb_jpeg(&textured(3000, 2000, 21), JpegOptions::rgb());
+    let full = blip_resized(&decode_default(&jpeg).unwrap().rgb);
+
+    let scaled = decode_scaled(&jpeg, 768);
+    let resized = blip_resized(&scaled.rgb);
+
+    assert!(scaled.rgb.width() < 3000, "the decode was scaled: {:?}", scaled.rgb.dimensions());
+    let mean = mean_diff(&full, &resized);
+    assert!(mean < 1.5, "mean difference {mean:.2} levels");
+}
+
+#[test]
+fn jpeg_under_the_minimum_decodes_in_full() {
+    let jpeg = rgb_jpeg(&textured(700, 900, 22), JpegOptions::rgb());
+
+    let scaled = decode_scaled(&jpeg, 768);
+
+    assert_eq!(scaled.rgb, decode_default(&jpeg).unwrap().rgb);
+}
+
+#[test]
+fn scaled_jpeg_upright_size() {
+    let jpeg = rgb_jpeg(&textured(1600, 800, 23), JpegOptions::rgb());
+    let rotated = with_segment(&jpeg, 0xE1, &exif_payload(&exif_tiff(6)));
+
+    let decoded = decode_scaled(&rotated, 384);
+
+    // 800 × 4/8 = 400 is the first eighth at or above 384; orientation 6 turns it upright.
+    assert_eq!(decoded.rgb.dimensions(), (400, 800));
+    assert_eq!((decoded.width(), decoded.height()), (800, 1600));
+}
+
+#[test]
+fn scaled_cmyk_jpeg_keeps_its_colours() {
+    let source = textured(1024, 1024, 24);
+    let cmyk = libjpeg_encode(1024, 1024, &rgb_to_cmyk(&source), JpegOptions::cmyk(jpeglib::J_COLOR_SPACE::JCS_YCCK, true));
+    let full = blip_resized(&decode_default(&cmyk).unwrap().rgb);
+
+    let scaled = decode_scaled(&cmyk, 384);
+
+    assert_eq!(scaled.rgb.dimensions(), (384, 384));
+    let mean = mean_diff(&full, &blip_resized(&scaled.rgb));
+    assert!(mean < 1.5, "mean difference {mean:.2} levels");
+}
+
+#[test]
+fn other_formats_ignore_the_minimum() {
+    let png = encode(&DynamicImage::ImageRgb8(textured(1600, 1200, 25)), ImageFormat::Png);
+
+    let decoded = decode_scaled(&png, 384);
+
+    assert_eq!(decoded.rgb.dimensions(), (1600, 1200));
 }

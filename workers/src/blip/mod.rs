@@ -3,6 +3,7 @@
 pub mod config;
 pub mod itm;
 pub mod model;
+mod parallel;
 pub mod search;
 pub mod text;
 pub mod vision;

@@ -7,9 +7,10 @@
 //! stacked against the image's keys, so the image tensors are never copied per row.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{embedding, layer_norm, linear, Activation, Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
 
 use super::config::TextConfig;
+use super::parallel::{add_residual, Dense};
 
 /// Keys and values of one layer, shaped `[rows or images, heads, tokens, head_dim]`.
 #[derive(Clone)]
@@ -119,9 +120,9 @@ impl Embeddings {
 }
 
 struct Projections {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    query: Dense,
+    key: Dense,
+    value: Dense,
     heads: usize,
     head_dim: usize,
 }
@@ -130,9 +131,9 @@ impl Projections {
     fn load(cfg: &TextConfig, key_width: usize, vb: VarBuilder) -> Result<Self> {
         let width = cfg.hidden_size;
         Ok(Self {
-            query: linear(width, width, vb.pp("query"))?,
-            key: linear(key_width, width, vb.pp("key"))?,
-            value: linear(key_width, width, vb.pp("value"))?,
+            query: Dense::load(width, width, vb.pp("query"))?,
+            key: Dense::load(key_width, width, vb.pp("key"))?,
+            value: Dense::load(key_width, width, vb.pp("value"))?,
             heads: cfg.num_attention_heads,
             head_dim: cfg.head_dim(),
         })
@@ -177,7 +178,7 @@ fn causal_mask(past: usize, new: usize, device: &Device) -> Result<Tensor> {
 
 struct SelfAttention {
     projections: Projections,
-    output: Linear,
+    output: Dense,
     layer_norm: LayerNorm,
 }
 
@@ -185,7 +186,7 @@ impl SelfAttention {
     fn load(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             projections: Projections::load(cfg, cfg.hidden_size, vb.pp("self"))?,
-            output: linear(cfg.hidden_size, cfg.hidden_size, vb.pp("output.dense"))?,
+            output: Dense::load(cfg.hidden_size, cfg.hidden_size, vb.pp("output.dense"))?,
             layer_norm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("output.LayerNorm"))?,
         })
     }
@@ -223,13 +224,13 @@ impl SelfAttention {
         };
 
         let out = p.merge_heads(&context)?.apply(&self.output)?;
-        (out + xs)?.apply(&self.layer_norm)
+        add_residual(out, xs)?.apply(&self.layer_norm)
     }
 }
 
 struct CrossAttention {
     projections: Projections,
-    output: Linear,
+    output: Dense,
     layer_norm: LayerNorm,
 }
 
@@ -237,7 +238,7 @@ impl CrossAttention {
     fn load(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             projections: Projections::load(cfg, cfg.encoder_width(), vb.pp("self"))?,
-            output: linear(cfg.hidden_size, cfg.hidden_size, vb.pp("output.dense"))?,
+            output: Dense::load(cfg.hidden_size, cfg.hidden_size, vb.pp("output.dense"))?,
             layer_norm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("output.LayerNorm"))?,
         })
     }
@@ -262,16 +263,15 @@ impl CrossAttention {
             .reshape((rows, tokens, width))?;
 
         let out = context.apply(&self.output)?;
-        (out + xs)?.apply(&self.layer_norm)
+        add_residual(out, xs)?.apply(&self.layer_norm)
     }
 }
 
 struct Layer {
     attention: SelfAttention,
     cross_attention: CrossAttention,
-    intermediate: Linear,
-    activation: Activation,
-    output: Linear,
+    intermediate: Dense,
+    output: Dense,
     layer_norm: LayerNorm,
 }
 
@@ -280,16 +280,16 @@ impl Layer {
         Ok(Self {
             attention: SelfAttention::load(cfg, vb.pp("attention"))?,
             cross_attention: CrossAttention::load(cfg, vb.pp("crossattention"))?,
-            intermediate: linear(cfg.hidden_size, cfg.intermediate_size, vb.pp("intermediate.dense"))?,
-            activation: cfg.hidden_act,
-            output: linear(cfg.intermediate_size, cfg.hidden_size, vb.pp("output.dense"))?,
+            intermediate: Dense::load(cfg.hidden_size, cfg.intermediate_size, vb.pp("intermediate.dense"))?
+                .with_activation(cfg.hidden_act),
+            output: Dense::load(cfg.intermediate_size, cfg.hidden_size, vb.pp("output.dense"))?,
             layer_norm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("output.LayerNorm"))?,
         })
     }
 
     fn feed_forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let hidden = xs.apply(&self.intermediate)?.apply(&self.activation)?.apply(&self.output)?;
-        (hidden + xs)?.apply(&self.layer_norm)
+        let hidden = xs.apply(&self.intermediate)?.apply(&self.output)?;
+        add_residual(hidden, xs)?.apply(&self.layer_norm)
     }
 }
 
@@ -367,10 +367,9 @@ pub fn padding_mask(attention_mask: &Tensor) -> Result<Tensor> {
 /// The language-model head: transform (dense, activation, layer norm) and the vocabulary
 /// projection, whose weight is tied to the word embeddings.
 pub struct LmHead {
-    dense: Linear,
-    activation: Activation,
+    dense: Dense,
     layer_norm: LayerNorm,
-    decoder: Linear,
+    decoder: Dense,
 }
 
 impl LmHead {
@@ -389,15 +388,16 @@ impl LmHead {
             vb.get(cfg.vocab_size, "bias")?
         };
         Ok(Self {
-            dense: linear(cfg.hidden_size, cfg.hidden_size, vb.pp("transform.dense"))?,
-            activation: cfg.hidden_act,
+            dense: Dense::load(cfg.hidden_size, cfg.hidden_size, vb.pp("transform.dense"))?.with_activation(cfg.hidden_act),
             layer_norm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("transform.LayerNorm"))?,
-            decoder: Linear::new(decoder_weight, Some(decoder_bias)),
+            // A transposed copy of the tied weight (vocabulary × width floats, 94 MB for
+            // BLIP-large), so that gemm need not repack the largest matrix at every step.
+            decoder: Dense::new(&decoder_weight, decoder_bias)?,
         })
     }
 
     pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
-        hidden.apply(&self.dense)?.apply(&self.activation)?.apply(&self.layer_norm)?.apply(&self.decoder)
+        hidden.apply(&self.dense)?.apply(&self.layer_norm)?.apply(&self.decoder)
     }
 }
 

@@ -248,16 +248,31 @@ fn parse_frame(marker: u8, frame: &[u8]) -> Result<JpegHeader<'static>, DecodeEr
 
 /// Decodes a JPEG that [`read_header`] accepted into 8-bit RGB.
 ///
+/// With `min_side`, libjpeg scales the image down while decoding (DCT scaling, by a factor of
+/// n/8) to the smallest size whose sides are both at least `min_side` pixels. The smaller inverse
+/// DCT, upsampling and colour conversion save most of a large photo's decoding time (entropy
+/// decoding still reads every coefficient). After the same resize, the pixels differ slightly
+/// from those of a full decode.
+///
 /// libjpeg reports fatal errors by unwinding out of its error handler (the
 /// mozjpeg crate's design), so the unwind is caught here and turned into
 /// [`DecodeError::Corrupt`] with libjpeg's message.
-pub(super) fn decode_rgb(bytes: &[u8], header: &JpegHeader<'_>) -> Result<RgbImage, DecodeError> {
-    panic::catch_unwind(AssertUnwindSafe(|| run_libjpeg(bytes, header)))
+pub(super) fn decode_rgb(bytes: &[u8], header: &JpegHeader<'_>, min_side: Option<u32>) -> Result<RgbImage, DecodeError> {
+    panic::catch_unwind(AssertUnwindSafe(|| run_libjpeg(bytes, header, min_side)))
         .unwrap_or_else(|payload| Err(DecodeError::Corrupt(panic_text(payload.as_ref()))))
 }
 
-fn run_libjpeg(bytes: &[u8], header: &JpegHeader<'_>) -> Result<RgbImage, DecodeError> {
-    let decompress = Decompress::new_mem(bytes).map_err(io_error)?;
+/// Returns the smallest n in 1..=8 for which both sides scaled by n/8 (rounded up, as libjpeg
+/// rounds) are at least `min_side`, or 8 (no scaling) when the full image is already smaller.
+pub(super) fn scale_numerator(width: u32, height: u32, min_side: u32) -> u8 {
+    let scaled = |side: u32, n: u32| (u64::from(side) * u64::from(n)).div_ceil(8);
+    let fits = |n: u32| scaled(width, n) >= u64::from(min_side) && scaled(height, n) >= u64::from(min_side);
+
+    (1..=8).find(|&n| fits(n)).unwrap_or(8) as u8
+}
+
+fn run_libjpeg(bytes: &[u8], header: &JpegHeader<'_>, min_side: Option<u32>) -> Result<RgbImage, DecodeError> {
+    let mut decompress = Decompress::new_mem(bytes).map_err(io_error)?;
 
     // libjpeg reads the same first frame header, so a mismatch means the
     // two parsers disagree about the file and neither can be trusted.
@@ -270,24 +285,32 @@ fn run_libjpeg(bytes: &[u8], header: &JpegHeader<'_>) -> Result<RgbImage, Decode
         )));
     }
 
+    if let Some(min_side) = min_side {
+        let numerator = scale_numerator(header.width, header.height, min_side);
+        if numerator < 8 {
+            decompress.scale(numerator);
+        }
+    }
+
     if header.components == 4 {
-        let cmyk = read_all(decompress, ColorSpace::JCS_CMYK, 4)?;
+        let (width, height, cmyk) = read_all(decompress, ColorSpace::JCS_CMYK, 4)?;
         let rgb = cmyk_to_rgb(&cmyk, header.adobe);
-        return Ok(into_image(header, rgb));
+        return Ok(into_image(width, height, rgb));
     }
 
     // libjpeg converts gray to RGB by replicating the sample, as PIL does.
-    let rgb = read_all(decompress, ColorSpace::JCS_RGB, 3)?;
-    Ok(into_image(header, rgb))
+    let (width, height, rgb) = read_all(decompress, ColorSpace::JCS_RGB, 3)?;
+    Ok(into_image(width, height, rgb))
 }
 
+/// Decodes every scanline in `space` and returns the output width, height and samples.
 fn read_all(
     decompress: Decompress<&[u8]>,
     space: ColorSpace,
     channels: usize,
-) -> Result<Vec<u8>, DecodeError> {
-    let (width, height) = decompress.size();
+) -> Result<(u32, u32, Vec<u8>), DecodeError> {
     let mut started = decompress.to_colorspace(space).map_err(io_error)?;
+    let (width, height) = (started.width(), started.height());
     let mut samples = vec![0u8; width * height * channels];
 
     started
@@ -296,11 +319,12 @@ fn read_all(
 
     // jpeg_finish_decompress is not called: it would only read on to the
     // end-of-image marker, which the marker walk has already found.
-    Ok(samples)
+    // The output sides are at most the frame header's, which fit in u32.
+    Ok((width as u32, height as u32, samples))
 }
 
-fn into_image(header: &JpegHeader<'_>, rgb: Vec<u8>) -> RgbImage {
-    RgbImage::from_raw(header.width, header.height, rgb).expect("buffer sized from the header")
+fn into_image(width: u32, height: u32, rgb: Vec<u8>) -> RgbImage {
+    RgbImage::from_raw(width, height, rgb).expect("buffer sized from libjpeg's output size")
 }
 
 /// Converts CMYK samples to RGB the way PIL does: each colour is
@@ -348,6 +372,17 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scale_numerator_picks_the_smallest_eighth_that_fits() {
+        assert_eq!(scale_numerator(2000, 1200, 768), 6);
+        assert_eq!(scale_numerator(8 * 384, 8 * 384, 384), 1);
+        assert_eq!(scale_numerator(8 * 384 - 1, 8 * 384, 384), 1, "libjpeg rounds the scaled side up");
+        assert_eq!(scale_numerator(8 * 384 - 8, 8 * 384, 384), 2);
+        assert_eq!(scale_numerator(700, 900, 768), 8, "a side under the minimum keeps the full size");
+        assert_eq!(scale_numerator(100_000, 10, 384), 8);
+        assert_eq!(scale_numerator(65_500, 65_500, 0), 1);
+    }
 
     #[test]
     fn mul_div_255_rounds_exactly() {
