@@ -119,7 +119,8 @@ def main():
     pixels_path = args.workdir / "pixels.safetensors"
     save_file({"pixel_values": preprocess(args.model, [args.workdir / "images" / f["file"] for f in chosen])}, str(pixels_path))
 
-    server = start_server(args.workdir / "images", args.port)
+    server, server_name = start_server(args.workdir / "images", args.port)
+    log(f"serving from {server_name}")
     results = {"machine": machine_info(), "images": len(urls), "megapixels": megapixels, "case": args.case, "batch_size": args.batch_size}
     try:
         e2e, model = [], []

@@ -187,15 +187,43 @@ impl InplaceOp2 for BiasAdd {
         let rows_per_task = (BLOCK / width).max(1);
         dst.par_chunks_mut(rows_per_task * width).for_each(|block| {
             for row in block.chunks_exact_mut(width) {
-                for (value, b) in row.iter_mut().zip(bias) {
-                    *value += b;
-                }
-                if self.gelu {
-                    row.iter_mut().for_each(|value| *value = gelu_approx(*value));
-                }
+                bias_row(row, bias, self.gelu);
             }
         });
         Ok(())
+    }
+}
+
+/// Returns whether the CPU runs the AVX2 and FMA builds of the row kernels below. The crate is built
+/// for the baseline x86-64 target (SSE2), where the vectorised loops get 4-lane registers.
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+/// Adds `bias` to `row`, then applies GELU when `gelu` is set.
+fn bias_row(row: &mut [f32], bias: &[f32], gelu: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { bias_row_avx2(row, bias, gelu) };
+    }
+    bias_row_body(row, bias, gelu)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn bias_row_avx2(row: &mut [f32], bias: &[f32], gelu: bool) {
+    bias_row_body(row, bias, gelu)
+}
+
+#[inline(always)]
+fn bias_row_body(row: &mut [f32], bias: &[f32], gelu: bool) {
+    for (value, b) in row.iter_mut().zip(bias) {
+        *value += b;
+    }
+    if gelu {
+        row.iter_mut().for_each(|value| *value = gelu_approx(*value));
     }
 }
 
@@ -229,6 +257,22 @@ impl InplaceOp1 for Softmax {
 }
 
 fn softmax_row(row: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { softmax_row_avx2(row) };
+    }
+    softmax_row_body(row)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_row_avx2(row: &mut [f32]) {
+    softmax_row_body(row)
+}
+
+#[inline(always)]
+fn softmax_row_body(row: &mut [f32]) {
     let max = lane_reduce(row, f32::NEG_INFINITY, f32::max);
 
     row.iter_mut().for_each(|value| *value = exp_approx(*value - max));
@@ -238,6 +282,7 @@ fn softmax_row(row: &mut [f32]) {
 }
 
 /// Folds `values` with `op` in [`LANES`] independent accumulators, then folds those.
+#[inline(always)]
 fn lane_reduce(values: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
     let mut lanes = [init; LANES];
     let chunks = values.chunks_exact(LANES);
