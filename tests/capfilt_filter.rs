@@ -203,20 +203,3 @@ fn captioner_checkpoint_rejected_as_filter() {
     assert!(stderr.contains("itm_head"), "the error names the missing tensor: {stderr}");
 }
 
-fn file_metadata(dir: &Path) -> HashMap<String, String> {
-    let path = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "parquet"))
-        .unwrap();
-    let reader = parquet::file::reader::SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
-    use parquet::file::reader::FileReader;
-    reader
-        .metadata()
-        .file_metadata()
-        .key_value_metadata()
-        .unwrap()
-        .iter()
-        .map(|kv| (kv.key.clone(), kv.value.clone().unwrap_or_default()))
-        .collect()
-}

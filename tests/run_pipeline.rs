@@ -264,3 +264,37 @@ fn hub_model_downloads_then_loads_offline() {
     assert!(output.status.success(), "offline run: stderr:\n{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(read_shards(&offline_out).len(), 1);
 }
+
+/// A 2048×1536 JPEG: the astronaut photo scaled up, large enough for a reduced-scale decode.
+fn large_jpeg() -> Vec<u8> {
+    let photo = image::open(fixtures().join("photos/astronaut.jpg")).unwrap();
+    let large = photo.resize_exact(2048, 1536, image::imageops::FilterType::Triangle);
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    large.write_to(&mut bytes, image::ImageFormat::Jpeg).unwrap();
+    bytes.into_inner()
+}
+
+#[test]
+fn jpeg_dct_scaling_keeps_source_size() {
+    let files = HashMap::from([("large.jpg".to_string(), large_jpeg())]);
+    let server = image_server(files);
+    let dir = tempfile::tempdir().unwrap();
+    let list = write_file(dir.path(), "urls.txt", format!("{}\n", server.url("files/large.jpg")).as_bytes());
+
+    let (scaled, scaled_out) = run_list(&list, &["--jpeg-dct-scaling"]);
+    let (full, full_out) = run_list(&list, &[]);
+
+    assert!(scaled.status.success(), "{}", String::from_utf8_lossy(&scaled.stderr));
+    assert!(full.status.success(), "{}", String::from_utf8_lossy(&full.stderr));
+    for out in [&scaled_out, &full_out] {
+        let rows = read_shards(out.path());
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0]["status"].as_deref(), Some("ok"));
+        assert_eq!(rows[0]["width"].as_deref(), Some("2048"), "the width stored in the file");
+        assert_eq!(rows[0]["height"].as_deref(), Some("1536"), "the height stored in the file");
+    }
+    let scaled_metadata = file_metadata(scaled_out.path());
+    let full_metadata = file_metadata(full_out.path());
+    assert!(scaled_metadata.contains_key("capfilt.image.jpeg_decode"));
+    assert!(!full_metadata.contains_key("capfilt.image.jpeg_decode"));
+}

@@ -224,6 +224,25 @@ pub fn run_capfilt(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Ou
 
 /// Reads every shard file in `dir` into rows of column name to optional string value
 /// (lists are joined with " | ").
+/// Returns the key-value metadata of the first Parquet file in `dir`.
+pub fn file_metadata(dir: &Path) -> HashMap<String, String> {
+    let path = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .unwrap();
+    let reader = parquet::file::reader::SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+    use parquet::file::reader::FileReader;
+    reader
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .unwrap()
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone().unwrap_or_default()))
+        .collect()
+}
+
 pub fn read_shards(dir: &Path) -> Vec<HashMap<String, Option<String>>> {
     use arrow::array::{Array, ListArray};
     use arrow::util::display::array_value_to_string;
