@@ -265,7 +265,8 @@ fn hub_model_downloads_then_loads_offline() {
     assert_eq!(read_shards(&offline_out).len(), 1);
 }
 
-/// A 2048×1536 JPEG: the astronaut photo scaled up, large enough for a reduced-scale decode.
+/// Encodes the astronaut photo scaled up to a 2048×1536 JPEG, large enough for a reduced-scale
+/// decode.
 fn large_jpeg() -> Vec<u8> {
     let photo = image::open(fixtures().join("photos/astronaut.jpg")).unwrap();
     let large = photo.resize_exact(2048, 1536, image::imageops::FilterType::Triangle);

@@ -9,8 +9,8 @@
 //!
 //! Threads other than the main one get their own arenas, made of 64 MiB heaps that glibc unmaps
 //! as soon as one is empty, whatever the trim threshold. `capfilt run` runs the model on its own
-//! thread, where that churn made batches up to 13 % slower than on the main thread, so every
-//! thread shares the main arena. Small allocations still come from per-thread caches (tcache)
+//! thread, where that churn made the model 13 % slower in one benchmark round than on the main
+//! thread, so every thread shares the main arena. Small allocations still come from per-thread caches (tcache)
 //! without taking the arena's lock.
 
 /// Largest block glibc serves from its heap after [`tune_for_inference`]: 32 MiB, the largest

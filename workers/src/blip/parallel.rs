@@ -118,8 +118,8 @@ fn is_cpu_f32(xs: &Tensor) -> bool {
     xs.device().is_cpu() && xs.dtype() == DType::F32
 }
 
-/// `e^x` for f32 in a form the compiler vectorises: Cody-Waite range reduction to
-/// `r = x - n ln 2`, then Cephes' `expf` polynomial on `r`, then `2^n` from the exponent bits.
+/// Computes `e^x` for f32 in a form the compiler vectorises: Cody-Waite range reduction to
+/// `r = x - n ln 2`, a degree-7 polynomial in `r`, then `2^n` from the exponent bits.
 /// Within 2 ulp of `f32::exp` for `x` in [-87.3, 88.7]. Inputs below that range return about
 /// `2^-126` instead of 0, which is why it only serves sums like softmax's that the largest
 /// terms dominate.
@@ -371,7 +371,7 @@ mod tests {
         }
     }
 
-    /// candle's own ops on the same matrix product as [`Dense`]: a bias add and an activation.
+    /// Applies candle's own bias add and activation to the same matrix product as [`Dense`].
     fn reference(xs: &Tensor, weight: &Tensor, bias: &Tensor, activation: Option<Activation>) -> Tensor {
         let (out_dim, in_dim) = weight.dims2().unwrap();
         let rows = xs.elem_count() / in_dim;
