@@ -113,6 +113,9 @@ async fn run(args: Args) -> Result<serde_json::Value> {
 }
 
 fn main() -> ExitCode {
+    // The same allocator settings as the capfilt binary, which this example stands in for.
+    capfilt_workers::allocator::tune_for_inference();
+
     let outcome = parse_args().and_then(|args| {
         let runtime = tokio::runtime::Runtime::new()?;
         runtime.block_on(run(args))

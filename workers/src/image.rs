@@ -42,14 +42,14 @@
 //!   the uint8 RGB image to `size`×`size` (aspect ratio not kept, no crop),
 //!   then `/255`, then `(x - mean) / std`. PIL's bicubic is the Catmull-Rom
 //!   cubic (a = -0.5) with its support widened by the scale factor when
-//!   downscaling, which is what `fast_image_resize`'s convolution with
-//!   `FilterType::CatmullRom` computes. [`Preprocessor`] explains the pass
-//!   order and precision needed to stay within one level of PIL.
+//!   downscaling; the resize repeats PIL's fixed-point arithmetic and pass
+//!   order, so its output equals PIL's for the same decoded pixels.
 //!
 //! * **JPEG is decoded by libjpeg-turbo** (vendored by the mozjpeg crates),
 //!   the library inside PIL, so decoded JPEG pixels are PIL's. The one
 //!   exception is a CMYK file without an Adobe segment, which PIL reads
-//!   inverted. Other formats go through the image crate. [`jpeg`] gives the
+//!   inverted. Still WebP files go through libwebp, also PIL's library
+//!   ([`webp`]); other formats and animated WebP through the image crate. [`jpeg`] gives the
 //!   details, including how CMYK and YCCK files become RGB.
 //! * **Blank images are flagged**, not rejected: [`DecodedImage::blank`]
 //!   is set when every sample is within a few levels of black or of white
@@ -59,10 +59,11 @@ use std::io::Cursor;
 use std::panic::{self, AssertUnwindSafe};
 
 mod jpeg;
+mod resample;
+mod webp;
 
 use ::image::metadata::Orientation;
 use ::image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage};
-use fast_image_resize as fir;
 
 /// Bounds on the images [`decode`] accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -473,15 +474,12 @@ fn decode_inner(bytes: &[u8], limits: &DecodeLimits, jpeg_min_side: Option<u32>)
     let upright = upright_dimensions(decoder.dimensions(), orientation);
     check_dimensions(upright, decoder.total_bytes(), limits)?;
 
-    // Second line of defence: from here on the codec itself enforces the
-    // bounds, in case its allocations differ from what the header implied.
-    decoder
-        .set_limits(image_limits(limits, true))
-        .map_err(|e| map_image_error(e, format, upright))?;
-    let dynamic =
-        DynamicImage::from_decoder(decoder).map_err(|e| map_image_error(e, format, upright))?;
-
-    let (rgb, had_alpha) = flatten_on_white(dynamic);
+    let animated = is_animated(bytes, format);
+    let (rgb, had_alpha) = if format == ImageFormatName::Webp && !animated {
+        webp::decode_still(bytes, decoder.dimensions())?
+    } else {
+        decode_with(decoder, format, limits, upright)?
+    };
     let rgb = orient(rgb, orientation);
 
     Ok(DecodedImage {
@@ -490,9 +488,28 @@ fn decode_inner(bytes: &[u8], limits: &DecodeLimits, jpeg_min_side: Option<u32>)
         rgb,
         format,
         had_alpha,
-        animated: is_animated(bytes, format),
+        animated,
         exif_orientation,
     })
+}
+
+/// Decodes with the image crate's codec for `format`, flattened to RGB on
+/// white.
+fn decode_with(
+    mut decoder: impl ImageDecoder,
+    format: ImageFormatName,
+    limits: &DecodeLimits,
+    upright: (u32, u32),
+) -> Result<(RgbImage, bool), DecodeError> {
+    // Second line of defence: from here on the codec itself enforces the
+    // bounds, in case its allocations differ from what the header implied.
+    decoder
+        .set_limits(image_limits(limits, true))
+        .map_err(|e| map_image_error(e, format, upright))?;
+    let dynamic =
+        DynamicImage::from_decoder(decoder).map_err(|e| map_image_error(e, format, upright))?;
+
+    Ok(flatten_on_white(dynamic))
 }
 
 /// Decodes a JPEG: the marker walk vets it and supplies size and EXIF, and
@@ -914,42 +931,17 @@ pub enum PreprocessError {
     /// The input image has no pixels.
     #[error("input image is empty")]
     EmptyImage,
-    /// The resizer rejected the images.
-    #[error("resize failed: {0}")]
-    Resize(String),
 }
 
-/// A 16-bit RGB pixel, the resizer's working format (see [`Preprocessor`]).
-type Px16 = fir::pixels::U16x3;
-
-/// Source pixels widened per horizontal-pass call. Widening strips of rows
-/// bounds the scratch memory at 6 MiB instead of a 16-bit copy of a whole
-/// photo. Strips are as tall as this allows because each resizer call
-/// recomputes its coefficients.
-const STRIP_PIXELS: usize = 1 << 20;
-
-/// Reusable preprocessing state: the resizer's scratch buffers, the
-/// intermediate and resized images and per-channel lookup tables live here,
-/// so that processing one image after another reuses the large buffers
-/// instead of allocating them per image.
+/// Reusable preprocessing state: the resampler's weights and buffers, the
+/// resized image and per-channel lookup tables live here, so that
+/// processing one image after another reuses the large buffers instead of
+/// allocating them per image.
 ///
-/// The resize reproduces PIL's two passes: horizontal first, its result
-/// rounded and clipped to 0–255, then vertical. Run as one call,
-/// fast_image_resize's u8 path does the vertical pass first, and clipping in
-/// that order moved pixels of the astronaut fixture by up to 8 levels. Its u8
-/// coefficients also have at most 15 bits against PIL's 22, which still left
-/// 2-level errors. Each pass therefore runs on its own, on 16-bit pixels that
-/// contain the 0–255 values, where the resizer uses about 30-bit coefficients.
-///
-/// NOTE: fast_image_resize still builds its coefficient tables on every call,
-/// several hundred small allocations per image.
+/// The resize is PIL's bicubic to the bit ([`resample`] says how).
 pub struct Preprocessor {
     config: PreprocessConfig,
-    resizer: fir::Resizer,
-    options: fir::ResizeOptions,
-    strip: Vec<Px16>,
-    horizontal: Vec<Px16>,
-    vertical: Vec<Px16>,
+    resampler: resample::Resampler,
     resized: Vec<u8>,
     lut: [[f32; 256]; 3],
 }
@@ -967,15 +959,9 @@ impl Preprocessor {
     pub fn new(config: PreprocessConfig) -> Result<Self, PreprocessError> {
         validate_config(&config)?;
 
-        let filter = fir::FilterType::CatmullRom;
-        let square = config.size as usize * config.size as usize;
         Ok(Self {
             config,
-            resizer: fir::Resizer::new(),
-            options: fir::ResizeOptions::new().resize_alg(fir::ResizeAlg::Convolution(filter)),
-            strip: Vec::new(),
-            horizontal: Vec::new(),
-            vertical: vec![Px16::default(); square],
+            resampler: resample::Resampler::default(),
             resized: vec![0; config.output_len()],
             lut: build_lut(&config),
         })
@@ -995,65 +981,16 @@ impl Preprocessor {
         }
 
         // PIL returns a plain copy when the size already matches.
-        let size = self.config.size;
-        if (width, height) == (size, size) {
+        let size = self.config.size as usize;
+        let from = (width as usize, height as usize);
+        if from == (size, size) {
             self.resized.copy_from_slice(rgb.as_raw());
             return Ok(&self.resized);
         }
 
-        self.horizontal_pass(rgb)?;
-
-        if height == size {
-            narrow(&self.horizontal, &mut self.resized);
-        } else {
-            let from = (size, height);
-            let to = (size, size);
-            resample(
-                &mut self.resizer,
-                &self.options,
-                &self.horizontal,
-                from,
-                &mut self.vertical,
-                to,
-            )?;
-            narrow(&self.vertical, &mut self.resized);
-        }
+        self.resampler
+            .resize(rgb.as_raw(), from, (size, size), &mut self.resized);
         Ok(&self.resized)
-    }
-
-    /// Fills `self.horizontal` with `rgb` resampled to `size` columns (or
-    /// merely widened when the width already matches), clipped to 0–255.
-    fn horizontal_pass(&mut self, rgb: &RgbImage) -> Result<(), PreprocessError> {
-        let (width, height) = rgb.dimensions();
-        let size = self.config.size;
-        self.horizontal
-            .resize(size as usize * height as usize, Px16::default());
-
-        if width == size {
-            widen(rgb.as_raw(), &mut self.horizontal);
-            return Ok(());
-        }
-
-        let row_len = width as usize * 3;
-        let strip_rows = (STRIP_PIXELS / width as usize).max(1);
-        let strips = rgb.as_raw().chunks(row_len * strip_rows);
-        let outputs = self.horizontal.chunks_mut(size as usize * strip_rows);
-        for (rows, out) in strips.zip(outputs) {
-            let count = rows.len() / row_len;
-            self.strip.resize(width as usize * count, Px16::default());
-            widen(rows, &mut self.strip);
-
-            let from = (width, count as u32);
-            let to = (size, count as u32);
-            resample(&mut self.resizer, &self.options, &self.strip, from, out, to)?;
-        }
-
-        // PIL keeps the intermediate as u8, so overshoot past 255 is clipped
-        // before the vertical pass. The resizer already clamps below 0.
-        for px in &mut self.horizontal {
-            px.0 = px.0.map(|c| c.min(255));
-        }
-        Ok(())
     }
 
     /// Resizes and normalises `rgb` into `out` as CHW f32 values.
@@ -1071,41 +1008,6 @@ impl Preprocessor {
         write_chw(&self.resized, &self.lut, out);
         Ok(())
     }
-}
-
-fn widen(src: &[u8], dst: &mut [Px16]) {
-    for (px, out) in src.chunks_exact(3).zip(dst) {
-        *out = Px16::new([px[0].into(), px[1].into(), px[2].into()]);
-    }
-}
-
-fn narrow(src: &[Px16], dst: &mut [u8]) {
-    for (px, out) in src.iter().zip(dst.chunks_exact_mut(3)) {
-        for (o, &c) in out.iter_mut().zip(&px.0) {
-            *o = c.min(255) as u8;
-        }
-    }
-}
-
-/// Runs one resize with fast_image_resize. Only one side changes per call,
-/// so this is a single convolution pass in that direction.
-fn resample(
-    resizer: &mut fir::Resizer,
-    options: &fir::ResizeOptions,
-    src: &[Px16],
-    (src_w, src_h): (u32, u32),
-    dst: &mut [Px16],
-    (dst_w, dst_h): (u32, u32),
-) -> Result<(), PreprocessError> {
-    let to_error = |e: &dyn std::fmt::Display| PreprocessError::Resize(e.to_string());
-
-    let src = fir::images::TypedImageRef::new(src_w, src_h, src).map_err(|e| to_error(&e))?;
-    let mut dst =
-        fir::images::TypedImage::from_pixels_slice(dst_w, dst_h, dst).map_err(|e| to_error(&e))?;
-
-    resizer
-        .resize_typed(&src, &mut dst, options)
-        .map_err(|e| to_error(&e))
 }
 
 fn validate_config(config: &PreprocessConfig) -> Result<(), PreprocessError> {

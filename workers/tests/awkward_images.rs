@@ -462,12 +462,22 @@ fn ycck_jpeg_colours() {
 /// Decodes `<stem>.jpg` and compares it with Pillow's decode of the same
 /// file, `<stem>.pil.png`, both written by generate.py.
 fn assert_matches_pil(stem: &str) {
-    let ours = decode_default(&read_fixture(&format!("{stem}.jpg"))).unwrap();
+    let diff = pil_difference(&format!("{stem}.jpg"));
+    assert!(diff <= 1, "{stem}: differs from PIL by {diff} levels");
+}
+
+/// Returns the largest difference between our decode of fixture `file` and
+/// Pillow's decode of it, `<stem>.pil.png`. An RGBA `.pil.png` goes through
+/// the same compositing onto white as the file's own alpha.
+fn pil_difference(file: &str) -> u8 {
+    let stem = file.rsplit_once('.').expect("fixture with an extension").0;
+    let ours = decode_default(&read_fixture(file)).unwrap();
     let pil = decode_default(&read_fixture(&format!("{stem}.pil.png"))).unwrap();
 
+    assert_eq!(ours.had_alpha, pil.had_alpha, "{file}: alpha");
     let diff = max_diff(&ours.rgb, &pil.rgb);
-    println!("{stem}: max difference from PIL {diff}");
-    assert!(diff <= 1, "{stem}: differs from PIL by {diff} levels");
+    println!("{file}: max difference from PIL {diff}");
+    diff
 }
 
 #[test]
@@ -483,6 +493,17 @@ fn pillow_jpeg_variants_match_pil() {
     // the edges) in 4:2:0 and 4:2:2, and grayscale.
     for stem in ["progressive", "odd_420", "odd_422", "gray"] {
         assert_matches_pil(stem);
+    }
+}
+
+#[test]
+fn pillow_lossy_webp_matches_pil_exactly() {
+    // PIL decodes WebP with libwebp and its default chroma upsampling, as we
+    // do, so lossy files match to the bit: an odd-sized opaque one and one
+    // whose alpha runs from opaque to transparent.
+    for file in ["lossy.webp", "lossy_alpha.webp"] {
+        let diff = pil_difference(file);
+        assert_eq!(diff, 0, "{file}: differs from PIL by {diff} levels");
     }
 }
 
