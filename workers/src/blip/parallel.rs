@@ -9,7 +9,7 @@
 //! calls, which PyTorch does not match bit for bit either. Every other device and dtype goes
 //! through candle's own ops, so GPU runs are unchanged.
 
-use candle_core::{CpuStorage, DType, InplaceOp1, InplaceOp2, Layout, Module, Result, Tensor};
+use candle_core::{CpuStorage, DType, Storage, InplaceOp1, InplaceOp2, Layout, Module, Result, Tensor};
 use candle_nn::{Activation, VarBuilder};
 use rayon::prelude::*;
 
@@ -112,6 +112,113 @@ pub fn softmax_last_dim(scores: Tensor) -> Result<Tensor> {
     }
     // candle's CPU kernel rejects strided input.
     candle_nn::ops::softmax_last_dim(&scores.contiguous()?)
+}
+
+/// Multi-head self-attention of one image's tokens on the CPU, one head per task.
+///
+/// `qkv` is the fused projection `[1, tokens, 3 · heads · head_dim]` (queries, keys, values).
+/// Returns `softmax(q kᵀ · scale) v` with the heads merged, `[1, tokens, heads · head_dim]`, or
+/// `None` where this path does not apply (not a contiguous f32 CPU tensor, or more threads than
+/// heads), and the caller then uses candle's batched ops.
+///
+/// candle's batched matrix product splits each head's small product across all threads, with a
+/// synchronisation per product, and the heads had to be copied out of `qkv` and merged back.
+/// Here each task runs both products of one head on one thread, reading queries, keys and values
+/// in place through strides and writing its output columns straight into the merged result.
+pub fn attention_per_head(qkv: &Tensor, heads: usize, scale: f32) -> Result<Option<Tensor>> {
+    let (batch, tokens, fused) = qkv.dims3()?;
+    let usable = is_cpu_f32(qkv) && qkv.is_contiguous() && batch == 1 && heads > 0 && fused % (3 * heads) == 0;
+    if !usable || rayon::current_num_threads() > heads {
+        return Ok(None);
+    }
+
+    let width = fused / 3;
+    let (storage, layout) = qkv.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(values)), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
+        return Ok(None);
+    };
+    let shape = HeadShape { tokens, width, head_dim: width / heads };
+    let merged = attend_heads(&values[start..end], shape, heads, scale);
+    drop(storage);
+
+    Tensor::from_vec(merged, (1, tokens, width), qkv.device()).map(Some)
+}
+
+/// Sizes of one attention call: `width` is `heads · head_dim`.
+#[derive(Clone, Copy)]
+struct HeadShape {
+    tokens: usize,
+    width: usize,
+    head_dim: usize,
+}
+
+/// A pointer that tasks writing disjoint parts of one buffer may share.
+#[derive(Clone, Copy)]
+struct SharedOutput(*mut f32);
+
+// SAFETY: every task writes a disjoint set of columns of the buffer behind the pointer.
+unsafe impl Send for SharedOutput {}
+unsafe impl Sync for SharedOutput {}
+
+fn attend_heads(qkv: &[f32], shape: HeadShape, heads: usize, scale: f32) -> Vec<f32> {
+    let HeadShape { tokens, width, .. } = shape;
+    assert_eq!(qkv.len(), tokens * 3 * width);
+
+    let mut merged = vec![0f32; tokens * width];
+    let output = SharedOutput(merged.as_mut_ptr());
+
+    (0..heads).into_par_iter().for_each_init(
+        || vec![0f32; tokens * tokens],
+        |scores, head| {
+            // SAFETY: `qkv` contains `tokens` rows of `3 · width` values and `merged` contains
+            // `tokens` rows of `width`, as asserted and allocated above. Head `head` reads and writes
+            // `head_dim` columns from `head · head_dim`, inside those rows, and no other task
+            // writes the same columns of `merged`.
+            unsafe { attend_head(qkv, shape, head, scale, scores, output) }
+        },
+    );
+    merged
+}
+
+/// Computes one head: `scores = q kᵀ · scale`, a softmax over each row of `scores`, then
+/// `scores · v` into the head's columns of the merged output.
+///
+/// # Safety
+/// `qkv` must contain `tokens` rows of `3 · width` values, `output` must point to `tokens` rows of
+/// `width` values, and `head` must be below `width / head_dim`.
+unsafe fn attend_head(qkv: &[f32], shape: HeadShape, head: usize, scale: f32, scores: &mut [f32], output: SharedOutput) {
+    let HeadShape { tokens, width, head_dim } = shape;
+    let row = (3 * width) as isize;
+    let column = head * head_dim;
+    let (query, key, value) = (qkv[column..].as_ptr(), qkv[width + column..].as_ptr(), qkv[2 * width + column..].as_ptr());
+
+    // The key matrix is read transposed: step along a key row for the inner dimension, from one
+    // token's row to the next for the output column.
+    unsafe {
+        gemm::gemm(
+            tokens, tokens, head_dim,
+            scores.as_mut_ptr(), 1, tokens as isize, false,
+            query, 1, row,
+            key, row, 1,
+            0.0, scale, false, false, false,
+            gemm::Parallelism::None,
+        );
+    }
+
+    for scores_row in scores.chunks_exact_mut(tokens) {
+        softmax_row(scores_row);
+    }
+
+    unsafe {
+        gemm::gemm(
+            tokens, head_dim, tokens,
+            output.0.add(column), 1, width as isize, false,
+            scores.as_ptr(), 1, tokens as isize,
+            value, 1, row,
+            0.0, 1.0, false, false, false,
+            gemm::Parallelism::None,
+        );
+    }
 }
 
 fn is_cpu_f32(xs: &Tensor) -> bool {
@@ -433,6 +540,50 @@ mod tests {
         assert!(difference < 1e-6, "largest difference {difference}");
         let sums = fast.sum(2).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert!(sums.iter().all(|sum| (sum - 1.0).abs() < 1e-5), "row sums {sums:?}");
+    }
+
+    /// Multi-head attention with candle's ops: heads split out of `qkv`, batched products,
+    /// candle's softmax, heads merged.
+    fn reference_attention(qkv: &Tensor, heads: usize, scale: f64) -> Tensor {
+        let (batch, tokens, fused) = qkv.dims3().unwrap();
+        let width = fused / 3;
+        let split = qkv.reshape((batch, tokens, 3, heads, width / heads)).unwrap().permute((2, 0, 3, 1, 4)).unwrap();
+        let part = |i: usize| split.get(i).unwrap().contiguous().unwrap();
+
+        let scores = (part(0).matmul(&part(1).t().unwrap()).unwrap() * scale).unwrap();
+        let probabilities = candle_nn::ops::softmax_last_dim(&scores).unwrap();
+        let context = probabilities.matmul(&part(2)).unwrap();
+        context.transpose(1, 2).unwrap().reshape((batch, tokens, width)).unwrap()
+    }
+
+    fn two_threads() -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap()
+    }
+
+    #[test]
+    fn attention_per_head_matches_candle() {
+        let qkv = random(&[1, 37, 3 * 4 * 16], 31);
+        let expected = reference_attention(&qkv, 4, 0.25);
+
+        let merged = two_threads().install(|| attention_per_head(&qkv, 4, 0.25)).unwrap().expect("per-head path");
+
+        assert_eq!(merged.dims(), expected.dims());
+        let difference = largest_difference(&merged, &expected);
+        assert!(difference < 1e-5, "largest difference {difference}");
+    }
+
+    #[test]
+    fn attention_per_head_declines_other_inputs() {
+        let pool = two_threads();
+        let batch_of_two = random(&[2, 5, 3 * 4 * 8], 32);
+        let doubles = random(&[1, 5, 3 * 4 * 8], 33).to_dtype(DType::F64).unwrap();
+        let fewer_heads_than_threads = random(&[1, 5, 3 * 8], 34);
+
+        let declined = |qkv: &Tensor, heads| pool.install(|| attention_per_head(qkv, heads, 0.5)).unwrap().is_none();
+
+        assert!(declined(&batch_of_two, 4));
+        assert!(declined(&doubles, 4));
+        assert!(declined(&fewer_heads_than_threads, 1));
     }
 
     #[test]

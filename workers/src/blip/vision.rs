@@ -4,7 +4,7 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{conv2d, layer_norm, Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
 
 use super::config::VisionConfig;
-use super::parallel::{add_residual, softmax_last_dim, Dense};
+use super::parallel::{add_residual, attention_per_head, softmax_last_dim, Dense};
 
 struct Embeddings {
     class_embedding: Tensor,
@@ -57,8 +57,12 @@ impl Attention {
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (batch, tokens, width) = xs.dims3()?;
-        let qkv = xs
-            .apply(&self.qkv)?
+        let qkv = xs.apply(&self.qkv)?;
+        if let Some(merged) = attention_per_head(&qkv, self.heads, self.scale as f32)? {
+            return merged.apply(&self.projection);
+        }
+
+        let qkv = qkv
             .reshape((batch, tokens, 3, self.heads, width / self.heads))?
             .permute((2, 0, 3, 1, 4))?;
         // Scaling the query while it is copied out costs nothing extra and touches head_dim
