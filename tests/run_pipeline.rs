@@ -232,6 +232,24 @@ fn missing_model_folder_fails_clearly() {
     assert!(stderr.contains("does not exist"), "{stderr}");
 }
 
+/// The test suite runs the default CPU build, which must name the missing CUDA support and the
+/// rebuild command rather than fail deep inside candle.
+#[test]
+fn cuda_device_on_cpu_build_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = write_file(dir.path(), "urls.txt", b"http://127.0.0.1:9/a.jpg\n");
+    let out = dir.path().join("out");
+    let model = tiny_captioner();
+    let args = ["run", list.to_str().unwrap(), "--output", out.to_str().unwrap(), "--model", model.to_str().unwrap(), "--device", "cuda:1"];
+
+    let output = run_capfilt(&args, &[], RUN_TIMEOUT);
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("device cuda:1 is not available"), "{stderr}");
+    assert!(stderr.contains("--features cuda"), "{stderr}");
+}
+
 #[test]
 fn hub_model_downloads_then_loads_offline() {
     let commit = "0123456789abcdef0123456789abcdef01234567";

@@ -93,13 +93,22 @@ pub struct RunSummary {
 pub fn parse_device(name: &str) -> anyhow::Result<Device> {
     match name.trim() {
         "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(0).context("failed to open CUDA device 0 (was capfilt built with --features cuda?)"),
+        "cuda" => open_cuda(0),
         other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
-            Some(ordinal) => Device::new_cuda(ordinal)
-                .with_context(|| format!("failed to open CUDA device {ordinal} (was capfilt built with --features cuda?)")),
+            Some(ordinal) => open_cuda(ordinal),
             None => bail!("invalid device {other:?}: expected cpu, cuda or cuda:N"),
         },
     }
+}
+
+/// Opens a GPU. The error names which of the two usual causes applies: a binary built without
+/// CUDA support, or a machine where the driver finds no such GPU.
+fn open_cuda(ordinal: usize) -> anyhow::Result<Device> {
+    if !cfg!(feature = "cuda") {
+        bail!("device cuda:{ordinal} is not available: this capfilt was built without CUDA support; rebuild with `cargo build --release --features cuda`");
+    }
+    Device::new_cuda(ordinal)
+        .with_context(|| format!("failed to open CUDA device {ordinal}: check that the driver is loaded and that `nvidia-smi` lists the GPU"))
 }
 
 pub fn read_options(config: &RunConfig) -> anyhow::Result<ReadOptions> {
