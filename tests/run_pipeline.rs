@@ -232,6 +232,28 @@ fn missing_model_folder_fails_clearly() {
     assert!(stderr.contains("does not exist"), "{stderr}");
 }
 
+#[test]
+fn rejected_sizes_keep_width_and_height() {
+    let server = image_server(photo_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url("files/chelsea.png");
+    let list = write_file(dir.path(), "urls.txt", format!("{url}\n").as_bytes());
+
+    let (accepted, accepted_out) = run_list(&list, &[]);
+    let (rejected, rejected_out) = run_list(&list, &["--min-size", "5000"]);
+
+    assert!(accepted.status.success(), "{}", String::from_utf8_lossy(&accepted.stderr));
+    assert!(rejected.status.success(), "{}", String::from_utf8_lossy(&rejected.stderr));
+    let ok = &read_shards(accepted_out.path())[0];
+    let too_small = &read_shards(rejected_out.path())[0];
+    assert_eq!(ok["status"].as_deref(), Some("ok"));
+    assert_eq!(too_small["status"].as_deref(), Some("too_small"));
+    assert!(ok["width"].is_some());
+    assert_eq!(too_small["width"], ok["width"]);
+    assert_eq!(too_small["height"], ok["height"]);
+    assert_eq!(too_small["sha256"], ok["sha256"]);
+}
+
 /// The test suite runs the default CPU build, which must name the missing CUDA support and the
 /// rebuild command rather than fail deep inside candle.
 #[test]

@@ -88,7 +88,9 @@ fn decode_and_preprocess(
         None => decode(bytes, limits),
     };
     let decoded = decoded.map_err(|e| {
-        let info = ImageInfo { sha256: sha256.clone(), ..Default::default() };
+        // A size that was read but rejected (too small or too large) still describes the file.
+        let (width, height) = e.dimensions().unwrap_or_default();
+        let info = ImageInfo { width, height, sha256: sha256.clone(), ..Default::default() };
         failure(status_from_decode(e.status()), e.to_string(), Some(info))
     })?;
     let info = ImageInfo {

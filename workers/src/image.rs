@@ -278,6 +278,20 @@ impl DecodeError {
             Self::Corrupt(_) => "decode_error",
         }
     }
+
+    /// Returns the upright width and height the error reports, for a size
+    /// that was read but rejected. None when the size is unknown (0) or does
+    /// not fit the u32 of decoded images.
+    pub fn dimensions(&self) -> Option<(u32, u32)> {
+        let (width, height) = match *self {
+            Self::TooSmall { width, height, .. } => (u64::from(width), u64::from(height)),
+            Self::TooLarge { width, height } => (width, height),
+            _ => return None,
+        };
+        let width = u32::try_from(width).ok().filter(|&w| w > 0)?;
+        let height = u32::try_from(height).ok().filter(|&h| h > 0)?;
+        Some((width, height))
+    }
 }
 
 /// Identifies a byte string from its content alone: magic bytes, or the
@@ -1207,6 +1221,20 @@ mod tests {
             };
             Rgb([next(), next(), next()])
         })
+    }
+
+    #[test]
+    fn decode_error_dimensions() {
+        let small = DecodeError::TooSmall { width: 3, height: 4000, min_size: 10 };
+        let large = DecodeError::TooLarge { width: 90_000, height: 60_000 };
+        let unread = DecodeError::TooLarge { width: 0, height: 0 };
+        let beyond_u32 = DecodeError::TooLarge { width: 1 << 40, height: 5 };
+
+        assert_eq!(small.dimensions(), Some((3, 4000)));
+        assert_eq!(large.dimensions(), Some((90_000, 60_000)));
+        assert_eq!(unread.dimensions(), None);
+        assert_eq!(beyond_u32.dimensions(), None);
+        assert_eq!(DecodeError::Corrupt("cut".into()).dimensions(), None);
     }
 
     #[test]
