@@ -113,7 +113,7 @@ async fn run(args: Args) -> Result<serde_json::Value> {
 }
 
 fn main() -> ExitCode {
-    // The same allocator settings as the capfilt binary, which this example stands in for.
+    // The same allocator settings as the capfilt binary, whose preparation this example measures.
     capfilt_workers::allocator::tune_for_inference();
 
     let outcome = parse_args().and_then(|args| {

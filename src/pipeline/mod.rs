@@ -105,7 +105,7 @@ pub fn parse_device(name: &str) -> anyhow::Result<Device> {
 /// CUDA support, or a machine where the driver finds no such GPU.
 fn open_cuda(ordinal: usize) -> anyhow::Result<Device> {
     if !cfg!(feature = "cuda") {
-        bail!("device cuda:{ordinal} is not available: this capfilt was built without CUDA support; rebuild with `cargo build --release --features cuda`");
+        bail!("device cuda:{ordinal} is not available: this capfilt was built without CUDA support. Rebuild it with `cargo build --release --features cuda`.");
     }
     Device::new_cuda(ordinal)
         .with_context(|| format!("failed to open CUDA device {ordinal}: check that the driver is loaded and that `nvidia-smi` lists the GPU"))

@@ -42,15 +42,17 @@
 //!   the uint8 RGB image to `size`×`size` (aspect ratio not kept, no crop),
 //!   then `/255`, then `(x - mean) / std`. PIL's bicubic is the Catmull-Rom
 //!   cubic (a = -0.5) with its support widened by the scale factor when
-//!   downscaling; the resize repeats PIL's fixed-point arithmetic and pass
-//!   order, so its output equals PIL's for the same decoded pixels.
+//!   downscaling. The resize repeats PIL's fixed-point arithmetic and
+//!   Pillow 13's pass order, so its output equals Pillow 13's for the same
+//!   decoded pixels.
 //!
 //! * **JPEG is decoded by libjpeg-turbo** (vendored by the mozjpeg crates),
 //!   the library inside PIL, so decoded JPEG pixels are PIL's. The one
 //!   exception is a CMYK file without an Adobe segment, which PIL reads
 //!   inverted. Still WebP files go through libwebp, also PIL's library
-//!   ([`webp`]); other formats and animated WebP through the image crate. [`jpeg`] gives the
-//!   details, including how CMYK and YCCK files become RGB.
+//!   ([`webp`]). Other formats and animated WebP go through the image crate.
+//!   [`jpeg`] gives the details, including how CMYK and YCCK files become
+//!   RGB.
 //! * **Blank images are flagged**, not rejected: [`DecodedImage::blank`]
 //!   is set when every sample is within a few levels of black or of white
 //!   (placeholders, failed renders), so the pipeline can decide.
@@ -952,7 +954,7 @@ pub enum PreprocessError {
 /// processing one image after another reuses the large buffers instead of
 /// allocating them per image.
 ///
-/// The resize is PIL's bicubic to the bit ([`resample`] says how).
+/// The resize is PIL's bicubic to the bit, as [`resample`] explains.
 pub struct Preprocessor {
     config: PreprocessConfig,
     resampler: resample::Resampler,
@@ -994,14 +996,8 @@ impl Preprocessor {
             return Err(PreprocessError::EmptyImage);
         }
 
-        // PIL returns a plain copy when the size already matches.
         let size = self.config.size as usize;
         let from = (width as usize, height as usize);
-        if from == (size, size) {
-            self.resized.copy_from_slice(rgb.as_raw());
-            return Ok(&self.resized);
-        }
-
         self.resampler
             .resize(rgb.as_raw(), from, (size, size), &mut self.resized);
         Ok(&self.resized)
