@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use capfilt_workers::image::{decode, decode_at_least, DecodeLimits, PreprocessConfig, Preprocessor};
+use capfilt_workers::image::{DecodeLimits, PrepareError, PreprocessConfig, Preprocessor};
 use sha2::{Digest, Sha256};
 
 use crate::fetch::{locate, Fetcher};
@@ -83,33 +83,33 @@ fn decode_and_preprocess(
     let sha256 = hex(&Sha256::digest(bytes));
     let failure = |status: RowStatus, message: String, info: Option<ImageInfo>| RowFailure { status, message, info };
 
-    let decoded = match jpeg_min_side {
-        Some(min_side) => decode_at_least(bytes, limits, min_side),
-        None => decode(bytes, limits),
-    };
-    let decoded = decoded.map_err(|e| {
-        // A size that was read but rejected (too small or too large) still describes the file.
-        let (width, height) = e.dimensions().unwrap_or_default();
-        let info = ImageInfo { width, height, sha256: sha256.clone(), ..Default::default() };
-        failure(status_from_decode(e.status()), e.to_string(), Some(info))
+    let mut pixels = vec![0f32; config.output_len()];
+    let summary = PREPROCESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|p| p.config() != config) {
+            *slot = Some(Preprocessor::new(config.clone()).map_err(PrepareError::Preprocess)?);
+        }
+        let preprocessor = slot.as_mut().expect("preprocessor was just set");
+        preprocessor.decode_and_run(bytes, limits, jpeg_min_side, &mut pixels)
+    });
+
+    let summary = summary.map_err(|e| match e {
+        PrepareError::Decode(e) => {
+            // A size that was read but rejected (too small or too large) still describes the file.
+            let (width, height) = e.dimensions().unwrap_or_default();
+            let info = ImageInfo { width, height, sha256: sha256.clone(), ..Default::default() };
+            failure(status_from_decode(e.status()), e.to_string(), Some(info))
+        }
+        PrepareError::Preprocess(e) => {
+            failure(RowStatus::DecodeError, format!("preprocessing failed: {e}"), Some(ImageInfo { sha256: sha256.clone(), ..Default::default() }))
+        }
     })?;
     let info = ImageInfo {
-        width: decoded.width(),
-        height: decoded.height(),
-        format: decoded.format.as_str().to_string(),
+        width: summary.width(),
+        height: summary.height(),
+        format: summary.format.as_str().to_string(),
         sha256,
     };
-
-    let mut pixels = vec![0f32; config.output_len()];
-    PREPROCESSOR
-        .with(|cell| {
-            let mut slot = cell.borrow_mut();
-            if slot.as_ref().is_none_or(|p| p.config() != config) {
-                *slot = Some(Preprocessor::new(config.clone())?);
-            }
-            slot.as_mut().expect("preprocessor was just set").run(&decoded.rgb, &mut pixels)
-        })
-        .map_err(|e| failure(RowStatus::DecodeError, format!("preprocessing failed: {e}"), Some(info.clone())))?;
 
     Ok(PreparedImage { pixels, info })
 }

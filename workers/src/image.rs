@@ -3,6 +3,8 @@
 //! Bytes fetched from web image URLs are turned into an upright 8-bit RGB
 //! image by [`decode`], and that image is turned into the model's CHW float
 //! input by [`Preprocessor`] (or the one-off [`preprocess`]).
+//! [`Preprocessor::decode_and_run`] does both in one step, and decodes an
+//! upright JPEG a band of rows at a time without storing the whole image.
 //!
 //! # Choices made here, and why
 //!
@@ -173,11 +175,28 @@ pub enum Sniffed {
     NotAnImage(&'static str),
 }
 
-/// A decoded, upright, 8-bit RGB image and facts about its source.
+/// A decoded, upright, 8-bit RGB image and facts about its source, which
+/// it dereferences to (`decoded.format`, `decoded.width()`).
 #[derive(Debug, Clone)]
 pub struct DecodedImage {
     /// Pixels, upright (EXIF orientation applied), alpha composited on white.
     pub rgb: RgbImage,
+    /// Facts about the source.
+    pub summary: ImageSummary,
+}
+
+impl std::ops::Deref for DecodedImage {
+    type Target = ImageSummary;
+
+    fn deref(&self) -> &ImageSummary {
+        &self.summary
+    }
+}
+
+/// Facts about a source image: what [`decode`] reports besides the pixels,
+/// and all that [`Preprocessor::decode_and_run`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageSummary {
     /// Format found by magic bytes.
     pub format: ImageFormatName,
     /// Whether any pixel was less than fully opaque before compositing.
@@ -189,12 +208,12 @@ pub struct DecodedImage {
     pub exif_orientation: Option<u16>,
     /// "all_black" or "all_white" when [`is_blank`] finds the picture blank.
     pub blank: Option<&'static str>,
-    /// Upright width and height of the source image. They exceed `rgb`'s when
-    /// [`decode_at_least`] decoded a JPEG at a reduced scale.
+    /// Upright width and height of the source image. They exceed the decoded
+    /// pixels' when [`decode_at_least`] decoded a JPEG at a reduced scale.
     pub source_size: (u32, u32),
 }
 
-impl DecodedImage {
+impl ImageSummary {
     /// Returns the source image's upright width in pixels.
     pub fn width(&self) -> u32 {
         self.source_size.0
@@ -218,21 +237,49 @@ const BLANK_TOLERANCE: u8 = 4;
 /// Such images are mostly placeholders and failed renders. They decode
 /// fine, and flagging them leaves the pipeline to decide what to do.
 pub fn is_blank(rgb: &RgbImage) -> Option<&'static str> {
-    let samples = rgb.as_raw();
-    if samples.is_empty() {
-        return None;
+    let mut scan = BlankScan::default();
+    scan.add(rgb.as_raw());
+    scan.verdict()
+}
+
+/// [`is_blank`] over samples that arrive in parts.
+#[derive(Debug)]
+struct BlankScan {
+    seen_any: bool,
+    maybe_black: bool,
+    maybe_white: bool,
+}
+
+impl Default for BlankScan {
+    fn default() -> Self {
+        Self { seen_any: false, maybe_black: true, maybe_white: true }
+    }
+}
+
+impl BlankScan {
+    fn add(&mut self, samples: &[u8]) {
+        self.seen_any |= !samples.is_empty();
+
+        // Both scans stop at the first sample that disagrees, so a real photo
+        // costs a handful of comparisons.
+        self.maybe_black = self.maybe_black && samples.iter().all(|&v| v <= BLANK_TOLERANCE);
+        self.maybe_white = self.maybe_white && samples.iter().all(|&v| v >= 255 - BLANK_TOLERANCE);
     }
 
-    // Both scans stop at the first sample that disagrees, so a real photo
-    // costs a handful of comparisons.
-    if samples.iter().all(|&v| v <= BLANK_TOLERANCE) {
-        return Some("all_black");
-    }
+    fn verdict(&self) -> Option<&'static str> {
+        if !self.seen_any {
+            return None;
+        }
 
-    if samples.iter().all(|&v| v >= 255 - BLANK_TOLERANCE) {
-        return Some("all_white");
+        if self.maybe_black {
+            return Some("all_black");
+        }
+
+        if self.maybe_white {
+            return Some("all_white");
+        }
+        None
     }
-    None
 }
 
 /// Reason a byte string could not be decoded into a [`DecodedImage`].
@@ -498,15 +545,15 @@ fn decode_inner(bytes: &[u8], limits: &DecodeLimits, jpeg_min_side: Option<u32>)
     };
     let rgb = orient(rgb, orientation);
 
-    Ok(DecodedImage {
-        blank: is_blank(&rgb),
-        source_size: rgb.dimensions(),
-        rgb,
+    let summary = ImageSummary {
         format,
         had_alpha,
         animated,
         exif_orientation,
-    })
+        blank: is_blank(&rgb),
+        source_size: rgb.dimensions(),
+    };
+    Ok(DecodedImage { rgb, summary })
 }
 
 /// Decodes with the image crate's codec for `format`, flattened to RGB on
@@ -533,24 +580,21 @@ fn decode_with(
 fn decode_jpeg(bytes: &[u8], limits: &DecodeLimits, min_side: Option<u32>) -> Result<DecodedImage, DecodeError> {
     let header = jpeg::read_header(bytes)?;
 
-    let (orientation, exif_orientation) = match header.exif {
-        Some(tiff) => orientation_from_exif(tiff),
-        None => (Orientation::NoTransforms, None),
-    };
+    let (orientation, exif_orientation) = jpeg_orientation(&header);
     let upright = upright_dimensions((header.width, header.height), orientation);
     check_dimensions(upright, header.output_bytes(), limits)?;
 
     let rgb = orient(jpeg::decode_rgb(bytes, &header, min_side)?, orientation);
 
-    Ok(DecodedImage {
-        blank: is_blank(&rgb),
-        source_size: upright,
-        rgb,
+    let summary = ImageSummary {
         format: ImageFormatName::Jpeg,
         had_alpha: false,
         animated: false,
         exif_orientation,
-    })
+        blank: is_blank(&rgb),
+        source_size: upright,
+    };
+    Ok(DecodedImage { rgb, summary })
 }
 
 fn decodable_format(bytes: &[u8]) -> Result<ImageFormatName, DecodeError> {
@@ -654,6 +698,14 @@ fn read_orientation(decoder: &mut impl ImageDecoder) -> (Orientation, Option<u16
 
 /// Reads the orientation tag from EXIF TIFF data, treating a missing,
 /// unreadable or out-of-range tag as "no orientation".
+/// Returns a JPEG's orientation from its EXIF segment, upright when it has none.
+fn jpeg_orientation(header: &jpeg::JpegHeader<'_>) -> (Orientation, Option<u16>) {
+    match header.exif {
+        Some(tiff) => orientation_from_exif(tiff),
+        None => (Orientation::NoTransforms, None),
+    }
+}
+
 fn orientation_from_exif(tiff: &[u8]) -> (Orientation, Option<u16>) {
     match Orientation::from_exif_chunk(tiff) {
         Some(o) => (o, Some(u16::from(o.to_exif()))),
@@ -960,6 +1012,24 @@ pub struct Preprocessor {
     resampler: resample::Resampler,
     resized: Vec<u8>,
     lut: [[f32; 256]; 3],
+    /// Rows of a JPEG being decoded in bands; see [`Preprocessor::decode_and_run`].
+    band: Vec<u8>,
+}
+
+/// Rows of a JPEG that libjpeg decodes into the band buffer at a time: a few
+/// hundred kilobytes for a wide photo, so the band is still in cache when the
+/// horizontal pass reads it. libjpeg works in rows of 8 or 16 pixels.
+const BAND_ROWS: usize = 16;
+
+/// Failure of [`Preprocessor::decode_and_run`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PrepareError {
+    /// The bytes could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The decoded image could not be preprocessed.
+    #[error("preprocessing failed: {0}")]
+    Preprocess(#[from] PreprocessError),
 }
 
 impl std::fmt::Debug for Preprocessor {
@@ -980,6 +1050,7 @@ impl Preprocessor {
             resampler: resample::Resampler::default(),
             resized: vec![0; config.output_len()],
             lut: build_lut(&config),
+            band: Vec::new(),
         })
     }
 
@@ -1005,18 +1076,115 @@ impl Preprocessor {
 
     /// Resizes and normalises `rgb` into `out` as CHW f32 values.
     pub fn run(&mut self, rgb: &RgbImage, out: &mut [f32]) -> Result<(), PreprocessError> {
-        let expected = self.config.output_len();
-        if out.len() != expected {
-            return Err(PreprocessError::BufferLength {
-                expected,
-                got: out.len(),
-            });
-        }
-
+        self.check_output(out)?;
         self.resize(rgb)?;
 
         write_chw(&self.resized, &self.lut, out);
         Ok(())
+    }
+
+    /// Decodes `bytes` as [`decode`] does (or [`decode_at_least`] with
+    /// `jpeg_min_side`) and preprocesses the image into `out`, with the same
+    /// result as `decode` followed by [`Preprocessor::run`].
+    ///
+    /// A JPEG stored upright (the common case) is decoded in bands of rows,
+    /// and each band is resampled horizontally as soon as libjpeg has written
+    /// it. The full-size image is then never held in memory: a 12-megapixel
+    /// photo needs a few hundred kilobytes of rows instead of 36 MB, whose
+    /// pages the kernel would map and zero afresh for every image, and the
+    /// resize reads the rows from cache rather than from main memory.
+    pub fn decode_and_run(
+        &mut self,
+        bytes: &[u8],
+        limits: &DecodeLimits,
+        jpeg_min_side: Option<u32>,
+        out: &mut [f32],
+    ) -> Result<ImageSummary, PrepareError> {
+        self.check_output(out)?;
+
+        let streamed = panic::catch_unwind(AssertUnwindSafe(|| self.decode_jpeg_in_bands(bytes, limits, jpeg_min_side)))
+            .unwrap_or_else(|_| Err(DecodeError::Corrupt("decoder panicked".into())))?;
+        let summary = match streamed {
+            Some(summary) => summary,
+            None => {
+                let decoded = decode_guarded(bytes, limits, jpeg_min_side)?;
+                self.resize(&decoded.rgb)?;
+                decoded.summary
+            }
+        };
+
+        write_chw(&self.resized, &self.lut, out);
+        Ok(summary)
+    }
+
+    fn check_output(&self, out: &[f32]) -> Result<(), PreprocessError> {
+        let expected = self.config.output_len();
+        if out.len() != expected {
+            return Err(PreprocessError::BufferLength { expected, got: out.len() });
+        }
+        Ok(())
+    }
+
+    /// Decodes a JPEG into the resized image band by band. Returns `None`,
+    /// having decoded nothing, for other formats and for JPEGs that
+    /// [`decode`] has to hold whole: CMYK files, whose conversion works on
+    /// the whole image, and files whose EXIF orientation turns them.
+    fn decode_jpeg_in_bands(
+        &mut self,
+        bytes: &[u8],
+        limits: &DecodeLimits,
+        min_side: Option<u32>,
+    ) -> Result<Option<ImageSummary>, DecodeError> {
+        if sniff_format(bytes) != Sniffed::Image(ImageFormatName::Jpeg) {
+            return Ok(None);
+        }
+
+        let header = jpeg::read_header(bytes)?;
+        let (orientation, exif_orientation) = jpeg_orientation(&header);
+        if orientation != Orientation::NoTransforms || header.components == 4 {
+            return Ok(None);
+        }
+        check_dimensions((header.width, header.height), header.output_bytes(), limits)?;
+
+        let mut rows = jpeg::RgbRows::open(bytes, &header, min_side)?;
+        let blank = self.resize_rows(&mut rows)?;
+
+        Ok(Some(ImageSummary {
+            format: ImageFormatName::Jpeg,
+            had_alpha: false,
+            animated: false,
+            exif_orientation,
+            blank,
+            source_size: (header.width, header.height),
+        }))
+    }
+
+    /// Resizes the rows libjpeg decodes into `self.resized`, a band at a
+    /// time where the resampler allows it, and returns what [`is_blank`]
+    /// says of them.
+    fn resize_rows(&mut self, rows: &mut jpeg::RgbRows<'_>) -> Result<Option<&'static str>, DecodeError> {
+        let (width, height) = rows.size();
+        let size = self.config.size as usize;
+        let mut blank = BlankScan::default();
+
+        let Some(mut stream) = self.resampler.stream((width, height), (size, size)) else {
+            // Pillow runs this shape's vertical pass first, over every row.
+            let mut rgb = vec![0u8; width * height * 3];
+            rows.read(&mut rgb)?;
+            blank.add(&rgb);
+            self.resampler.resize(&rgb, (width, height), (size, size), &mut self.resized);
+            return Ok(blank.verdict());
+        };
+
+        for first in (0..height).step_by(BAND_ROWS) {
+            let band_rows = BAND_ROWS.min(height - first);
+            self.band.resize(band_rows * width * 3, 0);
+            rows.read(&mut self.band)?;
+            blank.add(&self.band);
+            stream.push(&self.band);
+        }
+        stream.finish(&mut self.resized);
+        Ok(blank.verdict())
     }
 }
 

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use capfilt_workers::image::{
     decode, decode_at_least, is_blank, sniff_format, DecodeError, DecodeLimits, DecodedImage,
-    ImageFormatName, PreprocessConfig, Preprocessor, Sniffed,
+    ImageFormatName, PrepareError, PreprocessConfig, Preprocessor, Sniffed,
 };
 use image::codecs::gif::GifEncoder;
 use image::{
@@ -1328,4 +1328,135 @@ fn other_formats_ignore_the_minimum() {
     let decoded = decode_scaled(&png, 384);
 
     assert_eq!(decoded.rgb.dimensions(), (1600, 1200));
+}
+
+// ---------------------------------------------------------------------------
+// Decoding and preprocessing in one step, a band of rows at a time
+// ---------------------------------------------------------------------------
+
+/// Preprocesses `bytes` both ways: [`Preprocessor::decode_and_run`], which
+/// resizes an upright JPEG band by band as libjpeg decodes it, and the whole
+/// image from [`decode`] (or [`decode_at_least`]) through
+/// [`Preprocessor::run`]. Asserts that pixels, facts and errors agree.
+fn assert_banded_matches_whole(label: &str, bytes: &[u8], min_side: Option<u32>) {
+    let limits = DecodeLimits::default();
+    let config = PreprocessConfig::blip();
+    let mut preprocessor = Preprocessor::new(config).unwrap();
+
+    let mut banded = vec![0f32; config.output_len()];
+    let banded_result = preprocessor.decode_and_run(bytes, &limits, min_side, &mut banded);
+
+    let whole_result = match min_side {
+        Some(side) => decode_at_least(bytes, &limits, side),
+        None => decode(bytes, &limits),
+    };
+    match (banded_result, whole_result) {
+        (Ok(summary), Ok(decoded)) => {
+            let mut whole = vec![0f32; config.output_len()];
+            Preprocessor::new(config).unwrap().run(&decoded.rgb, &mut whole).unwrap();
+            assert_eq!(summary, decoded.summary, "{label}: facts");
+            assert!(banded == whole, "{label}: pixels differ");
+        }
+        (Err(PrepareError::Decode(banded)), Err(whole)) => assert_eq!(banded, whole, "{label}: errors"),
+        (banded, whole) => panic!("{label}: banded {banded:?}, whole {whole:?}"),
+    }
+}
+
+#[test]
+fn banded_jpeg_shapes_match_whole_decode() {
+    // Band edges (16 rows), a single band, axes that keep their size, a
+    // plain copy, and a tall image that Pillow resizes vertically first.
+    let shapes = [
+        (640, 480),
+        (1000, 15),
+        (500, 16),
+        (500, 17),
+        (777, 333),
+        (384, 700),
+        (700, 384),
+        (384, 384),
+        (300, 1400),
+        (97, 61),
+    ];
+    for (i, (width, height)) in shapes.into_iter().enumerate() {
+        let jpeg = rgb_jpeg(&textured(width, height, 40 + i as u32), JpegOptions::rgb());
+        assert_banded_matches_whole(&format!("{width}x{height}"), &jpeg, None);
+    }
+}
+
+#[test]
+fn banded_jpeg_variants_match_whole_decode() {
+    let source = textured(900, 700, 51);
+    let gray: Vec<u8> = source.pixels().map(|p| p[1]).collect();
+    let progressive = JpegOptions { progressive: true, ..JpegOptions::rgb() };
+    let arithmetic = JpegOptions { arithmetic: true, ..JpegOptions::rgb() };
+    let gray_options = JpegOptions {
+        input: jpeglib::J_COLOR_SPACE::JCS_GRAYSCALE,
+        stored: jpeglib::J_COLOR_SPACE::JCS_GRAYSCALE,
+        ..JpegOptions::rgb()
+    };
+    let plain = rgb_jpeg(&source, JpegOptions::rgb());
+
+    let cases: Vec<(&str, Vec<u8>, Option<u32>)> = vec![
+        ("progressive", rgb_jpeg(&source, progressive), None),
+        ("arithmetic", rgb_jpeg(&source, arithmetic), None),
+        ("gray", libjpeg_encode(900, 700, &gray, gray_options), None),
+        ("dct scaled", rgb_jpeg(&textured(2000, 1500, 52), JpegOptions::rgb()), Some(768)),
+        // These take the whole-image path: turned by EXIF, and CMYK.
+        ("exif 6", with_segment(&plain, 0xE1, &exif_payload(&exif_tiff(6))), None),
+        ("exif 1", with_segment(&plain, 0xE1, &exif_payload(&exif_tiff(1))), None),
+        ("cmyk", libjpeg_encode(900, 700, &rgb_to_cmyk(&source), JpegOptions::cmyk(jpeglib::J_COLOR_SPACE::JCS_YCCK, true)), None),
+        ("white", rgb_jpeg(&RgbImage::from_pixel(640, 40, Rgb([255, 255, 255])), JpegOptions::rgb()), None),
+        // Other formats go through the whole-image path too.
+        ("png", encode(&DynamicImage::ImageRgb8(textured(300, 200, 53)), ImageFormat::Png), None),
+    ];
+    for (label, bytes, min_side) in &cases {
+        assert_banded_matches_whole(label, bytes, *min_side);
+    }
+
+    for name in ["gray.jpg", "odd_420.jpg", "odd_422.jpg", "progressive.jpg", "cmyk_adobe.jpg", "lossy.webp"] {
+        assert_banded_matches_whole(name, &read_fixture(name), None);
+    }
+}
+
+#[test]
+fn banded_jpeg_errors_match_whole_decode() {
+    let jpeg = rgb_jpeg(&textured(640, 480, 54), JpegOptions::rgb());
+    let mut bad_huffman = jpeg.clone();
+    let sos = jpeg_segments(&jpeg).into_iter().find(|s| s.0 == 0xDA).expect("a scan").2;
+    for byte in &mut bad_huffman[sos..sos + 64] {
+        *byte = 0xFF;
+    }
+    bad_huffman[sos + 64] = 0x00;
+
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("half", jpeg[..jpeg.len() / 2].to_vec()),
+        ("no end marker", jpeg[..jpeg.len() - 2].to_vec()),
+        ("bad entropy data", bad_huffman),
+        ("one pixel", rgb_jpeg(&textured(1, 1, 55), JpegOptions::rgb())),
+        ("html", b"<!doctype html><title>404</title>".to_vec()),
+        ("empty", Vec::new()),
+    ];
+    for (label, bytes) in &cases {
+        assert_banded_matches_whole(label, bytes, None);
+    }
+}
+
+#[test]
+fn banded_jpeg_never_holds_the_whole_image() {
+    let jpeg = rgb_jpeg(&textured(4000, 3000, 56), JpegOptions { quality: 75, ..JpegOptions::rgb() });
+    let config = PreprocessConfig::blip();
+    let mut preprocessor = Preprocessor::new(config).unwrap();
+    let mut out = vec![0f32; config.output_len()];
+
+    let (result, memory) = measure(|| preprocessor.decode_and_run(&jpeg, &DecodeLimits::default(), None, &mut out));
+    let (whole, whole_memory) = measure(|| decode_default(&jpeg));
+
+    // The decoded image would be 36 MB. What remains are the horizontally
+    // resized rows (3000 × 384 × 3, 3.5 MB) and one band of 16 rows.
+    assert_eq!(result.unwrap().source_size, (4000, 3000));
+    assert!(memory.largest < 4 * MIB, "largest allocation {} bytes", memory.largest);
+    assert!(memory.peak < 6 * MIB, "peak {} bytes", memory.peak);
+    assert_eq!(whole.unwrap().rgb.dimensions(), (4000, 3000));
+    assert!(whole_memory.largest >= 36_000_000, "the whole-image decode allocates the image");
 }

@@ -22,6 +22,7 @@
 use std::panic::{self, AssertUnwindSafe};
 
 use ::image::RgbImage;
+use mozjpeg::decompress::DecompressStarted;
 use mozjpeg::{ColorSpace, Decompress};
 
 use super::DecodeError;
@@ -258,8 +259,7 @@ fn parse_frame(marker: u8, frame: &[u8]) -> Result<JpegHeader<'static>, DecodeEr
 /// mozjpeg crate's design), so the unwind is caught here and turned into
 /// [`DecodeError::Corrupt`] with libjpeg's message.
 pub(super) fn decode_rgb(bytes: &[u8], header: &JpegHeader<'_>, min_side: Option<u32>) -> Result<RgbImage, DecodeError> {
-    panic::catch_unwind(AssertUnwindSafe(|| run_libjpeg(bytes, header, min_side)))
-        .unwrap_or_else(|payload| Err(DecodeError::Corrupt(panic_text(payload.as_ref()))))
+    catch_libjpeg(|| run_libjpeg(bytes, header, min_side))
 }
 
 /// Returns the smallest n in 1..=8 for which both sides scaled by n/8 (rounded up, as libjpeg
@@ -272,6 +272,29 @@ pub(super) fn scale_numerator(width: u32, height: u32, min_side: u32) -> u8 {
 }
 
 fn run_libjpeg(bytes: &[u8], header: &JpegHeader<'_>, min_side: Option<u32>) -> Result<RgbImage, DecodeError> {
+    if header.components == 4 {
+        let mut started = start(bytes, header, min_side, ColorSpace::JCS_CMYK)?;
+        let (width, height) = (started.width(), started.height());
+        let mut cmyk = vec![0u8; width * height * 4];
+        started.read_scanlines_into(&mut cmyk).map_err(io_error)?;
+        return Ok(into_image(width, height, cmyk_to_rgb(&cmyk, header.adobe)));
+    }
+
+    let mut rows = RgbRows { started: start(bytes, header, min_side, ColorSpace::JCS_RGB)? };
+    let (width, height) = rows.size();
+    let mut rgb = vec![0u8; width * height * 3];
+    rows.read(&mut rgb)?;
+    Ok(into_image(width, height, rgb))
+}
+
+/// Starts libjpeg on a file that [`read_header`] accepted, at the DCT scale that `min_side`
+/// requests, with output in `space`.
+fn start<'a>(
+    bytes: &'a [u8],
+    header: &JpegHeader<'_>,
+    min_side: Option<u32>,
+    space: ColorSpace,
+) -> Result<DecompressStarted<&'a [u8]>, DecodeError> {
     let mut decompress = Decompress::new_mem(bytes).map_err(io_error)?;
 
     // libjpeg reads the same first frame header, so a mismatch means the
@@ -292,39 +315,46 @@ fn run_libjpeg(bytes: &[u8], header: &JpegHeader<'_>, min_side: Option<u32>) -> 
         }
     }
 
-    if header.components == 4 {
-        let (width, height, cmyk) = read_all(decompress, ColorSpace::JCS_CMYK, 4)?;
-        let rgb = cmyk_to_rgb(&cmyk, header.adobe);
-        return Ok(into_image(width, height, rgb));
+    // jpeg_finish_decompress is never called: it would only read on to the
+    // end-of-image marker, which the marker walk has already found.
+    decompress.to_colorspace(space).map_err(io_error)
+}
+
+/// libjpeg decoding a JPEG with one or three components to RGB, handing out its rows in order.
+/// libjpeg converts gray to RGB by replicating the sample, as PIL does.
+pub(super) struct RgbRows<'a> {
+    started: DecompressStarted<&'a [u8]>,
+}
+
+impl<'a> RgbRows<'a> {
+    /// Starts decoding a file that [`read_header`] accepted with one or three components, at the
+    /// DCT scale that `min_side` requests (see [`decode_rgb`]).
+    pub(super) fn open(bytes: &'a [u8], header: &JpegHeader<'_>, min_side: Option<u32>) -> Result<Self, DecodeError> {
+        debug_assert_ne!(header.components, 4, "CMYK goes through decode_rgb");
+        catch_libjpeg(|| Ok(Self { started: start(bytes, header, min_side, ColorSpace::JCS_RGB)? }))
     }
 
-    // libjpeg converts gray to RGB by replicating the sample, as PIL does.
-    let (width, height, rgb) = read_all(decompress, ColorSpace::JCS_RGB, 3)?;
-    Ok(into_image(width, height, rgb))
+    /// Returns the output width and height, which DCT scaling makes smaller than the file's.
+    pub(super) fn size(&self) -> (usize, usize) {
+        (self.started.width(), self.started.height())
+    }
+
+    /// Decodes the next `rows.len() / (3 × width)` rows into `rows`.
+    pub(super) fn read(&mut self, rows: &mut [u8]) -> Result<(), DecodeError> {
+        catch_libjpeg(|| self.started.read_scanlines_into(rows).map(drop).map_err(io_error))
+    }
 }
 
-/// Decodes every scanline in `space` and returns the output width, height and samples.
-fn read_all(
-    decompress: Decompress<&[u8]>,
-    space: ColorSpace,
-    channels: usize,
-) -> Result<(u32, u32, Vec<u8>), DecodeError> {
-    let mut started = decompress.to_colorspace(space).map_err(io_error)?;
-    let (width, height) = (started.width(), started.height());
-    let mut samples = vec![0u8; width * height * channels];
+/// Runs `decode`, turning libjpeg's fatal errors, which unwind out of its error handler (the
+/// mozjpeg crate's design), into [`DecodeError::Corrupt`] with libjpeg's message.
+fn catch_libjpeg<T>(decode: impl FnOnce() -> Result<T, DecodeError>) -> Result<T, DecodeError> {
+    panic::catch_unwind(AssertUnwindSafe(decode)).unwrap_or_else(|payload| Err(DecodeError::Corrupt(panic_text(payload.as_ref()))))
+}
 
-    started
-        .read_scanlines_into(&mut samples)
-        .map_err(io_error)?;
-
-    // jpeg_finish_decompress is not called: it would only read on to the
-    // end-of-image marker, which the marker walk has already found.
+fn into_image(width: usize, height: usize, rgb: Vec<u8>) -> RgbImage {
     // The output sides are at most the frame header's, which fit in u32.
-    Ok((width as u32, height as u32, samples))
-}
-
-fn into_image(width: u32, height: u32, rgb: Vec<u8>) -> RgbImage {
-    RgbImage::from_raw(width, height, rgb).expect("buffer sized from libjpeg's output size")
+    let side = |n: usize| u32::try_from(n).expect("a side from a JPEG frame header");
+    RgbImage::from_raw(side(width), side(height), rgb).expect("buffer sized from libjpeg's output size")
 }
 
 /// Converts CMYK samples to RGB the way PIL does: each colour is

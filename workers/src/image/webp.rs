@@ -57,19 +57,32 @@ type DecodeInto = unsafe extern "C" fn(*const u8, usize, *mut u8, usize, i32) ->
 /// Runs one of libwebp's decoders into a new buffer of `channels` bytes per
 /// pixel, rows packed without padding.
 fn decode_into(bytes: &[u8], (width, height): (u32, u32), channels: usize, decode: DecodeInto) -> Result<Vec<u8>, DecodeError> {
-    let stride = width as usize * channels;
-    let mut pixels = vec![0u8; stride * height as usize];
-    let stride = i32::try_from(stride).map_err(|_| DecodeError::TooLarge {
-        width: width.into(),
-        height: height.into(),
-    })?;
+    let too_large = || DecodeError::TooLarge { width: width.into(), height: height.into() };
+    let row_bytes = width as usize * channels;
+    let len = row_bytes * height as usize;
+    let stride = i32::try_from(row_bytes).map_err(|_| too_large())?;
+
+    // An RGB buffer is not zeroed first: libwebp writes every sample of an
+    // RGB image it decodes, and zeroing a 5-megapixel image's 15 MB cost
+    // about 1 % of the preparation stage's time. RGBA is zeroed, because
+    // libwebp leaves the alpha samples alone when a file's header announces
+    // alpha that its chunks lack, and they then read as transparent.
+    let mut pixels = Vec::<u8>::with_capacity(len);
+    if channels == 4 {
+        pixels.resize(len, 0);
+    }
 
     // SAFETY: the input pointer and length describe `bytes`. The output
-    // pointer, length and stride describe `pixels`, and libwebp returns null
-    // instead of writing an image that does not fit them.
-    let written = unsafe { decode(bytes.as_ptr(), bytes.len(), pixels.as_mut_ptr(), pixels.len(), stride) };
+    // pointer, length and stride describe the buffer's `len` bytes of
+    // capacity, and libwebp returns null instead of writing an image that
+    // does not fit them.
+    let written = unsafe { decode(bytes.as_ptr(), bytes.len(), pixels.as_mut_ptr(), len, stride) };
     if written.is_null() {
         return Err(DecodeError::Corrupt("webp decoding failed: libwebp rejected the bitstream".into()));
     }
+
+    // SAFETY: the RGBA buffer is initialised already, and on success
+    // libwebp has written every sample of an RGB one.
+    unsafe { pixels.set_len(len) };
     Ok(pixels)
 }
