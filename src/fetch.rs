@@ -558,7 +558,11 @@ fn check_declared_length(headers: &HeaderMap, max_bytes: u64) -> Result<(), Fetc
 
 /// Reads the body, stopping as soon as it passes `max_bytes`.
 async fn read_capped_body(response: reqwest::Response, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
-    let mut body = Vec::new();
+    // A declared length (already checked against the limit) sizes the buffer once, instead of
+    // doubling it and copying the body at each step. Reserved pages that a short body never
+    // fills are never touched.
+    let declared = declared_length(response.headers()).filter(|&length| length <= max_bytes);
+    let mut body = Vec::with_capacity(declared.map_or(0, |length| length as usize));
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(classify_reqwest_error)?;
