@@ -38,11 +38,8 @@ const HALF: i32 = 1 << (PRECISION_BITS - 1);
 /// AVX2 register.
 const LANES: usize = 8;
 
-/// Weights per SIMD step of the horizontal pass: sixteen i16 lanes fill an
-/// AVX2 register.
-const WIDE_LANES: usize = 16;
-
-/// Bits of each weight's low half in [`Weights::high`] and [`Weights::low`].
+/// Bits of each weight's low half in [`Weights::pair_high`] and
+/// [`Weights::pair_low`].
 const LOW_BITS: u32 = 8;
 
 /// PIL's bicubic filter: the Keys cubic with a = -0.5 (Catmull-Rom),
@@ -71,14 +68,18 @@ pub(super) struct Weights {
     taps: usize,
     spans: Vec<(usize, usize)>,
     values: Vec<i32>,
-    /// `taps` rounded up to a multiple of [`WIDE_LANES`].
-    wide_taps: usize,
-    /// Every weight split as `high << LOW_BITS | low`, each half in i16 and
-    /// rows of `wide_taps`. A 22-bit weight does not fit the 16-bit
-    /// multiply-adds of x86 (`pmaddwd`, `vpdpwssd`), but its halves do, and
-    /// `(Σ s·high << LOW_BITS) + Σ s·low` is the same i32 sum.
-    high: Vec<i16>,
-    low: Vec<i16>,
+    /// Input pairs per output in `pair_high` and `pair_low`: enough for every
+    /// output's inputs, counted from the even input at or before its first.
+    pairs: usize,
+    /// The weights for x86's 16-bit multiply-adds (`pmaddwd`, `vpdpwssd`),
+    /// which a 22-bit weight does not fit. Each weight is split as
+    /// `high << LOW_BITS | low`, both halves in i16, and
+    /// `(Σ s·high << LOW_BITS) + Σ s·low` is the same i32 sum. The halves of
+    /// two neighbouring inputs share an i32 (the even input's in the low 16
+    /// bits), `pairs` per output from input `2 * (first / 2)`, zero where an
+    /// input does not contribute.
+    pair_high: Vec<i32>,
+    pair_low: Vec<i32>,
 }
 
 impl Weights {
@@ -117,9 +118,8 @@ impl Weights {
             spans.push((first, used));
         }
 
-        let wide_taps = taps.div_ceil(WIDE_LANES) * WIDE_LANES;
-        let (high, low) = split_halves(&values, taps, wide_taps);
-        Self { in_size, out_size, taps, spans, values, wide_taps, high, low }
+        let (pairs, pair_high, pair_low) = split_into_pairs(&spans, &values, taps);
+        Self { in_size, out_size, taps, spans, values, pairs, pair_high, pair_low }
     }
 
     /// Returns the first input index, the count of inputs and the padded
@@ -142,22 +142,32 @@ impl Weights {
     }
 }
 
-/// Splits rows of `taps` weights into the high and low halves of
-/// [`Weights::high`] and [`Weights::low`], zero-padded to rows of
-/// `wide_taps`. The arithmetic shift floors, so the low half is 0 to 255
-/// and a negative weight has a negative high half. Weights are at most
+/// Returns [`Weights::pairs`], [`Weights::pair_high`] and
+/// [`Weights::pair_low`] for the weights `values`, rows of `taps` for the
+/// outputs' `spans`. The arithmetic shift floors, so the low half is 0 to
+/// 255 and a negative weight has a negative high half. Weights are at most
 /// 1 << 22 in magnitude, so the high half stays within ±1 << 14.
-fn split_halves(values: &[i32], taps: usize, wide_taps: usize) -> (Vec<i16>, Vec<i16>) {
-    let rows = values.len() / taps;
-    let mut high = vec![0i16; rows * wide_taps];
-    let mut low = vec![0i16; rows * wide_taps];
-    for (row, weights) in values.chunks_exact(taps).enumerate() {
-        for (i, &w) in weights.iter().enumerate() {
-            high[row * wide_taps + i] = i16::try_from(w >> LOW_BITS).expect("a weight of at most 1 << 22");
-            low[row * wide_taps + i] = (w & ((1 << LOW_BITS) - 1)) as i16;
+fn split_into_pairs(spans: &[(usize, usize)], values: &[i32], taps: usize) -> (usize, Vec<i32>, Vec<i32>) {
+    let pairs = spans.iter().map(|&(first, used)| (first % 2 + used).div_ceil(2)).max().unwrap_or(0);
+    let mut high = vec![0i32; spans.len() * pairs];
+    let mut low = vec![0i32; spans.len() * pairs];
+
+    for (out, (&(first, used), weights)) in spans.iter().zip(values.chunks_exact(taps)).enumerate() {
+        let start = first - first % 2;
+        let halves = |input: usize| {
+            let tap = input.checked_sub(first).filter(|&tap| tap < used);
+            let weight = tap.map_or(0, |tap| weights[tap]);
+            let high = i16::try_from(weight >> LOW_BITS).expect("a weight of at most 1 << 22");
+            (high as u16, (weight & ((1 << LOW_BITS) - 1)) as u16)
+        };
+
+        for pair in 0..pairs {
+            let (even, odd) = (halves(start + 2 * pair), halves(start + 2 * pair + 1));
+            high[out * pairs + pair] = (u32::from(even.0) | u32::from(odd.0) << 16) as i32;
+            low[out * pairs + pair] = (u32::from(even.1) | u32::from(odd.1) << 16) as i32;
         }
     }
-    (high, low)
+    (pairs, high, low)
 }
 
 /// Multiplying by 1 << 22 in f64 is exact, and the cast truncates, so this
@@ -253,7 +263,7 @@ impl RowStream<'_> {
     pub(super) fn push(&mut self, rows: &[u8]) {
         let (width, height) = self.from;
         let row_bytes = width * 3;
-        assert_eq!(rows.len() % row_bytes, 0, "a band holds whole rows");
+        assert_eq!(rows.len() % row_bytes, 0, "a band must contain whole rows");
 
         let start = self.next_row;
         let end = start + rows.len() / row_bytes;
@@ -329,21 +339,22 @@ impl HorizontalPass<'_> {
     fn plane_len(&self) -> usize {
         // Zeros after each plane let the last outputs read whole padded
         // weight rows past the image's edge.
-        self.width + self.weights.wide_taps
+        self.width + self.weights.taps
     }
 }
 
 /// Resamples the rows `rows` of the source horizontally into `out`, one
 /// output row per input row.
-fn run_horizontal(pass: &HorizontalPass<'_>, rows: std::ops::Range<usize>, planes: &mut Vec<i16>, out: &mut [u8]) {
-    planes.clear();
-    planes.resize(3 * pass.plane_len(), 0);
-
+/// `scratch` receives the split rows and is sized by the kernel that runs.
+fn run_horizontal(pass: &HorizontalPass<'_>, rows: std::ops::Range<usize>, scratch: &mut Vec<i16>, out: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
-        return x86::horizontal(pass, rows, planes, out);
+        return x86::horizontal(pass, rows, scratch, out);
     }
-    horizontal_portable(pass, rows, planes, out)
+
+    scratch.clear();
+    scratch.resize(3 * pass.plane_len(), 0);
+    horizontal_portable(pass, rows, scratch, out)
 }
 
 fn horizontal_portable(pass: &HorizontalPass<'_>, rows: std::ops::Range<usize>, planes: &mut [i16], out: &mut [u8]) {
@@ -402,22 +413,28 @@ fn dot3(planes: [&[i16]; 3], k: &[i32]) -> [i32; 3] {
     })
 }
 
-/// The horizontal pass on x86: 16-bit samples times the 16-bit halves of
-/// each weight, sixteen products per instruction. With AVX-512 VNNI or AVX
-/// VNNI one `vpdpwssd` multiplies and accumulates; plain AVX2 needs
-/// `pmaddwd` and an add. An earlier kernel multiplied 32-bit lanes with
-/// `pmulld`, eight products per instruction plus a widening load each.
+/// The horizontal pass on x86, eight rows at a time.
+///
+/// Each 32-bit lane of a register carries one row, so an output pixel's sum
+/// for eight rows builds up in one register with no adds across lanes at
+/// the end. The rows are split into 16-bit planes and transposed, so that
+/// a lane contains the same two neighbouring inputs of its row, and every
+/// multiply-add (`vpdpwssd` with AVX-512 VNNI or AVX VNNI, `pmaddwd` and an
+/// add with plain AVX2) weights two inputs of eight rows by one pair of
+/// 16-bit weight halves. An earlier kernel, one row at a time with a tree of
+/// horizontal adds per output, spent as long finishing its sums as on the
+/// products.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{HALF, HorizontalPass, LOW_BITS, PRECISION_BITS, WIDE_LANES, Weights, horizontal_with, portable_pixel};
+    use super::{HALF, HorizontalPass, LOW_BITS, PRECISION_BITS};
+
+    /// Rows resampled together, one per 32-bit lane.
+    const BLOCK_ROWS: usize = 8;
 
     /// Pixels per deinterleaving step: three 16-byte loads.
     const STEP_PIXELS: usize = 16;
-
-    /// Output pixels resampled together.
-    const BLOCK: usize = 8;
 
     /// The instruction that multiplies pairs of i16 and adds each pair's
     /// sum to an i32 lane.
@@ -429,7 +446,7 @@ mod x86 {
     }
 
     impl MultiplyAdd {
-        /// The fastest form this CPU runs; the caller has checked AVX2.
+        /// Returns the fastest form this CPU runs; the caller has checked AVX2.
         fn detect() -> Self {
             if std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl") {
                 Self::Avx512Vnni
@@ -441,10 +458,42 @@ mod x86 {
         }
     }
 
+    /// The placement of a block of rows in the scratch buffer: the rows split
+    /// into planes, then the planes transposed into pairs of inputs.
+    struct Layout {
+        /// Input pairs per plane, a whole number of transposed 8×8 blocks.
+        pairs: usize,
+    }
+
+    impl Layout {
+        fn of(pass: &HorizontalPass<'_>) -> Self {
+            // Every output reads `weights.pairs` pairs from the one holding
+            // its first input, at most pair (width - 1) / 2.
+            let pairs = (pass.width.div_ceil(2) + pass.weights.pairs).div_ceil(BLOCK_ROWS) * BLOCK_ROWS;
+            Self { pairs }
+        }
+
+        /// Returns the i16 length of one row's plane.
+        fn plane_len(&self) -> usize {
+            2 * self.pairs
+        }
+
+        /// Returns the i16 length of the split rows, which come first.
+        fn planes_len(&self) -> usize {
+            BLOCK_ROWS * 3 * self.plane_len()
+        }
+
+        /// Returns the i16 length of the whole scratch buffer: the split
+        /// rows, then three planes of pairs with one i32 per row.
+        fn len(&self) -> usize {
+            self.planes_len() + 3 * self.pairs * BLOCK_ROWS * 2
+        }
+    }
+
     /// Runs the pass with the fastest multiply-add this CPU has. The caller
     /// has checked AVX2.
-    pub(super) fn horizontal(pass: &HorizontalPass<'_>, rows: std::ops::Range<usize>, planes: &mut [i16], out: &mut [u8]) {
-        horizontal_using(MultiplyAdd::detect(), pass, rows, planes, out);
+    pub(super) fn horizontal(pass: &HorizontalPass<'_>, rows: std::ops::Range<usize>, scratch: &mut Vec<i16>, out: &mut [u8]) {
+        horizontal_using(MultiplyAdd::detect(), pass, rows, scratch, out);
     }
 
     /// Runs the pass with `kind`, which the CPU must support along with AVX2.
@@ -452,75 +501,275 @@ mod x86 {
         kind: MultiplyAdd,
         pass: &HorizontalPass<'_>,
         rows: std::ops::Range<usize>,
-        planes: &mut [i16],
+        scratch: &mut Vec<i16>,
         out: &mut [u8],
     ) {
-        check_bounds(pass);
+        let layout = Layout::of(pass);
+        check_bounds(pass, &layout, rows.len(), out.len());
+        scratch.resize(layout.len(), 0);
 
         // SAFETY: `kind` names features the CPU has (see `detect`), and
-        // `check_bounds` covers every read of the planes and weights.
+        // `check_bounds` covers every read of the scratch and weights.
         unsafe {
             match kind {
-                MultiplyAdd::Avx512Vnni => pass_avx512_vnni(pass, rows, planes, out),
-                MultiplyAdd::AvxVnni => pass_avx_vnni(pass, rows, planes, out),
-                MultiplyAdd::Avx2 => pass_avx2(pass, rows, planes, out),
+                MultiplyAdd::Avx512Vnni => pass_avx512_vnni(pass, rows, &layout, scratch, out),
+                MultiplyAdd::AvxVnni => pass_avx_vnni(pass, rows, &layout, scratch, out),
+                MultiplyAdd::Avx2 => pass_avx2(pass, rows, &layout, scratch, out),
             }
         }
     }
 
-    /// Checked once per pass rather than per pixel: every output's run of
-    /// `wide_taps` samples starts at its first input and ends inside the
-    /// planes, and both weight halves hold `wide_taps` per output.
-    fn check_bounds(pass: &HorizontalPass<'_>) {
+    /// Checked once per pass rather than per pixel: every output's pairs lie
+    /// inside the transposed planes, both weight arrays contain `pairs`
+    /// per output, and `out` has a row per input row.
+    fn check_bounds(pass: &HorizontalPass<'_>, layout: &Layout, rows: usize, out_len: usize) {
         let weights = pass.weights;
-        assert!(weights.spans.iter().all(|&(first, _)| first + weights.wide_taps <= pass.plane_len()));
-        assert_eq!(weights.high.len(), weights.out_size * weights.wide_taps);
-        assert_eq!(weights.low.len(), weights.out_size * weights.wide_taps);
+        assert!(weights.spans.iter().all(|&(first, _)| first / 2 + weights.pairs <= layout.pairs));
+        assert_eq!(weights.pair_high.len(), weights.out_size * weights.pairs);
+        assert_eq!(weights.pair_low.len(), weights.out_size * weights.pairs);
+        assert_eq!(out_len, rows * weights.out_size * 3);
     }
 
     #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
-    unsafe fn pass_avx512_vnni(pass: &HorizontalPass<'_>, rows: std::ops::Range<usize>, planes: &mut [i16], out: &mut [u8]) {
+    unsafe fn pass_avx512_vnni(pass: &HorizontalPass<'_>, rows: std::ops::Range<usize>, layout: &Layout, scratch: &mut [i16], out: &mut [u8]) {
         // SAFETY: as for `pass_with`, and the features are enabled here.
-        unsafe { pass_with::<{ MultiplyAdd::Avx512Vnni as u8 }>(pass, rows, planes, out) }
+        unsafe { pass_with::<{ MultiplyAdd::Avx512Vnni as u8 }>(pass, rows, layout, scratch, out) }
     }
 
     #[target_feature(enable = "avx2,avxvnni")]
-    unsafe fn pass_avx_vnni(pass: &HorizontalPass<'_>, rows: std::ops::Range<usize>, planes: &mut [i16], out: &mut [u8]) {
+    unsafe fn pass_avx_vnni(pass: &HorizontalPass<'_>, rows: std::ops::Range<usize>, layout: &Layout, scratch: &mut [i16], out: &mut [u8]) {
         // SAFETY: as for `pass_with`, and the features are enabled here.
-        unsafe { pass_with::<{ MultiplyAdd::AvxVnni as u8 }>(pass, rows, planes, out) }
+        unsafe { pass_with::<{ MultiplyAdd::AvxVnni as u8 }>(pass, rows, layout, scratch, out) }
     }
 
     #[target_feature(enable = "avx2")]
-    unsafe fn pass_avx2(pass: &HorizontalPass<'_>, rows: std::ops::Range<usize>, planes: &mut [i16], out: &mut [u8]) {
+    unsafe fn pass_avx2(pass: &HorizontalPass<'_>, rows: std::ops::Range<usize>, layout: &Layout, scratch: &mut [i16], out: &mut [u8]) {
         // SAFETY: as for `pass_with`, and the feature is enabled here.
-        unsafe { pass_with::<{ MultiplyAdd::Avx2 as u8 }>(pass, rows, planes, out) }
+        unsafe { pass_with::<{ MultiplyAdd::Avx2 as u8 }>(pass, rows, layout, scratch, out) }
     }
 
-    /// The pass itself, inlined into each of the functions above so that
-    /// it compiles with their features.
+    /// Runs the pass. It is inlined into each of the functions above so
+    /// that it compiles with their features.
     ///
     /// # Safety
     /// The CPU must have AVX2 and the features of `KIND`, and
-    /// `check_bounds` must have passed for `pass`.
+    /// `check_bounds` must have passed for `pass`, `layout` and `out`, with
+    /// `scratch` of `layout.len()`.
     #[inline(always)]
-    unsafe fn pass_with<const KIND: u8>(pass: &HorizontalPass<'_>, rows: std::ops::Range<usize>, planes: &mut [i16], out: &mut [u8]) {
-        let weights = pass.weights;
-        let blocks = weights.out_size / BLOCK;
+    unsafe fn pass_with<const KIND: u8>(
+        pass: &HorizontalPass<'_>,
+        rows: std::ops::Range<usize>,
+        layout: &Layout,
+        scratch: &mut [i16],
+        out: &mut [u8],
+    ) {
+        let out_row_bytes = pass.weights.out_size * 3;
+        let (planes, packed) = scratch.split_at_mut(layout.planes_len());
 
-        let split = |row: &[u8], planes: [&mut [i16]; 3]| unsafe { deinterleave(row, planes) };
-        let resample_row = |planes: [&[i16]; 3], out_row: &mut [u8]| {
-            let (whole, tail) = out_row.split_at_mut(blocks * BLOCK * 3);
-            for (block, px) in whole.chunks_exact_mut(BLOCK * 3).enumerate() {
-                // SAFETY: `check_bounds` covers the reads of every output.
-                let rgb = unsafe { block_of_8::<KIND>(weights, planes, block * BLOCK) };
-                px.copy_from_slice(&rgb);
+        let first_row = rows.start;
+        for block_start in rows.step_by(BLOCK_ROWS) {
+            let block_rows = BLOCK_ROWS.min(first_row + out.len() / out_row_bytes - block_start);
+
+            // SAFETY: the caller guarantees AVX2, and the scratch sizes.
+            unsafe {
+                split_rows(pass, block_start..block_start + block_rows, layout, planes);
+                transpose_pairs(layout, planes, packed);
             }
-            for (i, px) in tail.chunks_exact_mut(3).enumerate() {
-                px.copy_from_slice(&portable_pixel(weights, planes, blocks * BLOCK + i));
-            }
-        };
-        horizontal_with(pass, rows, planes, out, split, resample_row);
+
+            let out_block = &mut out[(block_start - first_row) * out_row_bytes..][..block_rows * out_row_bytes];
+            // SAFETY: the caller guarantees the features and `check_bounds`.
+            unsafe { resample_block::<KIND>(pass, packed, out_block, block_rows) };
+        }
     }
+
+    /// Splits the source rows `rows` (at most eight) into 16-bit planes, one
+    /// per row and channel, each zero past the image's width. Rows missing
+    /// from a short last block read as zeros.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn split_rows(pass: &HorizontalPass<'_>, rows: std::ops::Range<usize>, layout: &Layout, planes: &mut [i16]) {
+        let plane_len = layout.plane_len();
+        for (r, row_planes) in planes.chunks_exact_mut(3 * plane_len).enumerate() {
+            let (red, rest) = row_planes.split_at_mut(plane_len);
+            let (green, blue) = rest.split_at_mut(plane_len);
+
+            let width = if r < rows.len() { pass.width } else { 0 };
+            if width > 0 {
+                deinterleave(pass.row(rows.start + r), [&mut *red, &mut *green, &mut *blue]);
+            }
+            for plane in [red, green, blue] {
+                plane[width..].fill(0);
+            }
+        }
+    }
+
+    /// Transposes each channel's eight planes into pairs: entry `j` of a
+    /// channel is one register holding inputs `2j` and `2j + 1` of every
+    /// row, row `r` in lane `r`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn transpose_pairs(layout: &Layout, planes: &[i16], packed: &mut [i16]) {
+        let plane_len = layout.plane_len();
+        let channel_len = layout.pairs * BLOCK_ROWS * 2;
+        for channel in 0..3 {
+            let dst = &mut packed[channel * channel_len..][..channel_len];
+            for block in 0..layout.pairs / BLOCK_ROWS {
+                let mut lanes = [_mm256_setzero_si256(); BLOCK_ROWS];
+                for (r, lane) in lanes.iter_mut().enumerate() {
+                    let src = &planes[(r * 3 + channel) * plane_len + block * 16..][..16];
+                    // SAFETY: `src` is 16 i16 long, 32 bytes.
+                    *lane = unsafe { _mm256_loadu_si256(src.as_ptr().cast()) };
+                }
+
+                for (i, pair) in transpose_8x8(lanes).into_iter().enumerate() {
+                    let slot = &mut dst[(block * BLOCK_ROWS + i) * 16..][..16];
+                    // SAFETY: `slot` is 16 i16 long, 32 bytes.
+                    unsafe { _mm256_storeu_si256(slot.as_mut_ptr().cast(), pair) };
+                }
+            }
+        }
+    }
+
+    /// Transposes an 8×8 matrix of 32-bit values, one row per register.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn transpose_8x8(rows: [__m256i; 8]) -> [__m256i; 8] {
+        let t0 = _mm256_unpacklo_epi32(rows[0], rows[1]);
+        let t1 = _mm256_unpackhi_epi32(rows[0], rows[1]);
+        let t2 = _mm256_unpacklo_epi32(rows[2], rows[3]);
+        let t3 = _mm256_unpackhi_epi32(rows[2], rows[3]);
+        let t4 = _mm256_unpacklo_epi32(rows[4], rows[5]);
+        let t5 = _mm256_unpackhi_epi32(rows[4], rows[5]);
+        let t6 = _mm256_unpacklo_epi32(rows[6], rows[7]);
+        let t7 = _mm256_unpackhi_epi32(rows[6], rows[7]);
+
+        // Each 128-bit half now contains columns 0–3 (low half) or 4–7 (high)
+        // of four rows.
+        let u0 = _mm256_unpacklo_epi64(t0, t2);
+        let u1 = _mm256_unpackhi_epi64(t0, t2);
+        let u2 = _mm256_unpacklo_epi64(t1, t3);
+        let u3 = _mm256_unpackhi_epi64(t1, t3);
+        let u4 = _mm256_unpacklo_epi64(t4, t6);
+        let u5 = _mm256_unpackhi_epi64(t4, t6);
+        let u6 = _mm256_unpacklo_epi64(t5, t7);
+        let u7 = _mm256_unpackhi_epi64(t5, t7);
+
+        [
+            _mm256_permute2x128_si256::<0x20>(u0, u4),
+            _mm256_permute2x128_si256::<0x20>(u1, u5),
+            _mm256_permute2x128_si256::<0x20>(u2, u6),
+            _mm256_permute2x128_si256::<0x20>(u3, u7),
+            _mm256_permute2x128_si256::<0x31>(u0, u4),
+            _mm256_permute2x128_si256::<0x31>(u1, u5),
+            _mm256_permute2x128_si256::<0x31>(u2, u6),
+            _mm256_permute2x128_si256::<0x31>(u3, u7),
+        ]
+    }
+
+    /// Resamples a block of transposed rows into `out`, of which the first
+    /// `block_rows` rows are kept.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and the features of `KIND`, and
+    /// `check_bounds` must have passed for `pass` and the layout of
+    /// `packed`.
+    #[inline(always)]
+    unsafe fn resample_block<const KIND: u8>(pass: &HorizontalPass<'_>, packed: &[i16], out: &mut [u8], block_rows: usize) {
+        let weights = pass.weights;
+        let channel_len = packed.len() / 3;
+        let out_row_bytes = weights.out_size * 3;
+
+        for x in 0..weights.out_size {
+            // SAFETY: `check_bounds` covers `weights.pairs` pairs from each
+            // output's first pair in every channel, and the weight rows.
+            let pixels = unsafe {
+                let (first, _) = *weights.spans.get_unchecked(x);
+                let channels = [0, 1, 2].map(|c| packed.as_ptr().add(c * channel_len + first / 2 * 16).cast::<__m256i>());
+                let row = x * weights.pairs;
+                let high = weights.pair_high.as_ptr().add(row);
+                let low = weights.pair_low.as_ptr().add(row);
+                output_pixel::<KIND>(channels, high, low, weights.pairs)
+            };
+
+            let mut bytes = [0u8; 32];
+            // SAFETY: `bytes` is 32 bytes long.
+            unsafe { _mm256_storeu_si256(bytes.as_mut_ptr().cast(), pixels) };
+            for r in 0..block_rows {
+                let at = r / 4 * 16 + r % 4 * 3;
+                out[r * out_row_bytes + x * 3..][..3].copy_from_slice(&bytes[at..at + 3]);
+            }
+        }
+    }
+
+    /// Returns one output pixel for eight rows as bytes: rows 0–3 as RGB
+    /// triples in the low 128 bits, rows 4–7 in the high.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and the features of `KIND`, and every pointer
+    /// must have `pairs` values to read.
+    #[inline(always)]
+    unsafe fn output_pixel<const KIND: u8>(channels: [*const __m256i; 3], high: *const i32, low: *const i32, pairs: usize) -> __m256i {
+        // SAFETY: the caller guarantees the features and the reads.
+        unsafe {
+            let mut highs = [_mm256_setzero_si256(); 3];
+            let mut lows = [_mm256_setzero_si256(); 3];
+            for pair in 0..pairs {
+                let high_pair = _mm256_set1_epi32(*high.add(pair));
+                let low_pair = _mm256_set1_epi32(*low.add(pair));
+                for channel in 0..3 {
+                    let samples = _mm256_loadu_si256(channels[channel].add(pair));
+                    highs[channel] = multiply_add::<KIND>(highs[channel], samples, high_pair);
+                    lows[channel] = multiply_add::<KIND>(lows[channel], samples, low_pair);
+                }
+            }
+
+            let mut clipped = [_mm256_setzero_si256(); 3];
+            for channel in 0..3 {
+                let sum = _mm256_add_epi32(_mm256_slli_epi32::<{ LOW_BITS as i32 }>(highs[channel]), lows[channel]);
+                clipped[channel] = clip8_lanes(_mm256_add_epi32(sum, _mm256_set1_epi32(HALF)));
+            }
+            interleave_rows(clipped)
+        }
+    }
+
+    /// Applies PIL's `clip8` to eight sums, leaving 0 to 511 in 32-bit lanes:
+    /// the packs in [`interleave_rows`] saturate 256 and above to 255.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn clip8_lanes(sums: __m256i) -> __m256i {
+        // Negative sums become 0, and sums of 1 << 30 or more shift to
+        // 256..511.
+        _mm256_srai_epi32::<{ PRECISION_BITS as i32 }>(_mm256_max_epi32(sums, _mm256_setzero_si256()))
+    }
+
+    /// Packs clipped red, green and blue lanes to bytes and orders them as
+    /// RGB triples, rows 0–3 in the low 128 bits and rows 4–7 in the high.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn interleave_rows([red, green, blue]: [__m256i; 3]) -> __m256i {
+        // Per 128-bit half: R0-3 G0-3 as words, then B0-3 twice.
+        let red_green = _mm256_packus_epi32(red, green);
+        let blue_blue = _mm256_packus_epi32(blue, blue);
+        // Per half: R0-3 G0-3 B0-3 B0-3 as bytes.
+        let bytes = _mm256_packus_epi16(red_green, blue_blue);
+        // SAFETY: the mask is a 32-byte array.
+        let order = unsafe { _mm256_loadu_si256(RGB_ORDER.as_ptr().cast()) };
+        _mm256_shuffle_epi8(bytes, order)
+    }
+
+    /// Shuffle mask for [`interleave_rows`]: per 128-bit half, rows 0–3 as
+    /// RGB triples from R0-3 G0-3 B0-3.
+    const RGB_ORDER: [i8; 32] = {
+        let mut mask = [-1i8; 32];
+        let mut i = 0;
+        while i < 12 {
+            let (row, channel) = (i / 3, i % 3);
+            mask[i] = (channel * 4 + row) as i8;
+            mask[16 + i] = (channel * 4 + row) as i8;
+            i += 1;
+        }
+        mask
+    };
 
     /// Splits interleaved RGB into i16 planes, 16 pixels per step with byte
     /// shuffles. The last pixels of the row go one at a time.
@@ -596,134 +845,6 @@ mod x86 {
                 _mm256_add_epi32(sum, _mm256_madd_epi16(a, b))
             }
         }
-    }
-
-    /// Returns output pixels `x0..x0 + 8` of a row split into `planes`,
-    /// interleaved RGB.
-    ///
-    /// One channel at a time, each output's sixteen-lane sums stay in a
-    /// register of its own, and one tree of horizontal adds finishes all
-    /// eight. Finishing every pixel on its own cost more than its products.
-    ///
-    /// # Safety
-    /// The CPU must have AVX2 and the features of `KIND`, and
-    /// `check_bounds` must have passed for the pass of `weights`.
-    #[inline(always)]
-    unsafe fn block_of_8<const KIND: u8>(weights: &Weights, planes: [&[i16]; 3], x0: usize) -> [u8; 3 * BLOCK] {
-        let steps = weights.wide_taps / WIDE_LANES;
-
-        // Plain loops: closures (`array::map`, `from_fn`) would not inherit
-        // the caller's target features, and their intrinsics would not inline.
-        // SAFETY: the caller guarantees AVX2.
-        let mut channels = [unsafe { _mm_setzero_si128() }; 3];
-        for (channel, plane) in channels.iter_mut().zip(planes) {
-            let mut sums = [unsafe { _mm256_setzero_si256() }; BLOCK];
-            for (i, sum) in sums.iter_mut().enumerate() {
-                let x = x0 + i;
-                // SAFETY: `check_bounds` covers `steps` blocks of WIDE_LANES
-                // samples from each output's first input on, and of each
-                // weight half, for every output of the pass.
-                *sum = unsafe {
-                    let (first, _) = *weights.spans.get_unchecked(x);
-                    let row = x * weights.wide_taps;
-                    dot::<KIND>(plane.as_ptr().add(first), weights.high.as_ptr().add(row), weights.low.as_ptr().add(row), steps)
-                };
-            }
-            // SAFETY: the caller guarantees AVX2.
-            *channel = unsafe { clip8_block(sums) };
-        }
-        // SAFETY: the caller guarantees AVX2.
-        unsafe { interleave(channels) }
-    }
-
-    /// Returns the sixteen-lane partial sums of `steps` blocks of samples
-    /// from `samples` weighted by the split weights `high` and `low`.
-    ///
-    /// # Safety
-    /// The CPU must have AVX2 and the features of `KIND`, and each pointer
-    /// must have `steps * WIDE_LANES` values to read.
-    #[inline(always)]
-    unsafe fn dot<const KIND: u8>(samples: *const i16, high: *const i16, low: *const i16, steps: usize) -> __m256i {
-        let mut highs = _mm256_setzero_si256();
-        let mut lows = _mm256_setzero_si256();
-        for step in 0..steps {
-            let offset = step * WIDE_LANES;
-            // SAFETY: the caller guarantees `steps * WIDE_LANES` values in each.
-            unsafe {
-                let values = _mm256_loadu_si256(samples.add(offset).cast());
-                highs = multiply_add::<KIND>(highs, values, _mm256_loadu_si256(high.add(offset).cast()));
-                lows = multiply_add::<KIND>(lows, values, _mm256_loadu_si256(low.add(offset).cast()));
-            }
-        }
-        _mm256_add_epi32(_mm256_slli_epi32::<{ LOW_BITS as i32 }>(highs), lows)
-    }
-
-    /// Adds up each of eight outputs' lanes and applies PIL's `clip8`.
-    /// Returns the eight bytes in the low half.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn clip8_block(sums: [__m256i; BLOCK]) -> __m128i {
-        // Two rounds of horizontal adds leave, in each 128-bit half, the sums
-        // of that half's lanes for four outputs.
-        let pairs = [
-            _mm256_hadd_epi32(sums[0], sums[1]),
-            _mm256_hadd_epi32(sums[2], sums[3]),
-            _mm256_hadd_epi32(sums[4], sums[5]),
-            _mm256_hadd_epi32(sums[6], sums[7]),
-        ];
-        let first_four = _mm256_hadd_epi32(pairs[0], pairs[1]);
-        let last_four = _mm256_hadd_epi32(pairs[2], pairs[3]);
-        let low_halves = _mm256_permute2x128_si256::<0x20>(first_four, last_four);
-        let high_halves = _mm256_permute2x128_si256::<0x31>(first_four, last_four);
-        let totals = _mm256_add_epi32(_mm256_add_epi32(low_halves, high_halves), _mm256_set1_epi32(HALF));
-
-        // This is clip8: negative sums become 0, and sums of 1 << 30 or more
-        // shift to 256..511 and saturate to 255 when packed.
-        let shifted = _mm256_srai_epi32::<{ PRECISION_BITS as i32 }>(_mm256_max_epi32(totals, _mm256_setzero_si256()));
-        let words = _mm_packus_epi32(_mm256_castsi256_si128(shifted), _mm256_extracti128_si256::<1>(shifted));
-        _mm_packus_epi16(words, words)
-    }
-
-    /// Interleaves eight red, green and blue bytes (the low halves of
-    /// `channels`) into eight RGB pixels.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn interleave([red, green, blue]: [__m128i; 3]) -> [u8; 3 * BLOCK] {
-        let red_green = _mm_unpacklo_epi64(red, green);
-        let mut out = [0u8; 3 * BLOCK];
-        for (half, chunk) in out.chunks_mut(16).enumerate() {
-            // SAFETY: each mask is a 16-byte array.
-            let (from_rg, from_b) = unsafe {
-                (_mm_loadu_si128(INTERLEAVE[half][0].as_ptr().cast()), _mm_loadu_si128(INTERLEAVE[half][1].as_ptr().cast()))
-            };
-            let bytes = _mm_or_si128(_mm_shuffle_epi8(red_green, from_rg), _mm_shuffle_epi8(blue, from_b));
-            let mut spill = [0u8; 16];
-            // SAFETY: `spill` is 16 bytes.
-            unsafe { _mm_storeu_si128(spill.as_mut_ptr().cast(), bytes) };
-            chunk.copy_from_slice(&spill[..chunk.len()]);
-        }
-        out
-    }
-
-    /// Shuffle masks for [`interleave`]: for each 16-byte half of the
-    /// output, where each byte comes from in the red-green register and in
-    /// the blue one (-1 for the other register).
-    const INTERLEAVE: [[[i8; 16]; 2]; 2] = interleave_masks();
-
-    const fn interleave_masks() -> [[[i8; 16]; 2]; 2] {
-        let mut masks = [[[-1i8; 16]; 2]; 2];
-        let mut byte = 0;
-        while byte < 3 * BLOCK {
-            let (pixel, channel) = (byte / 3, byte % 3);
-            let (half, slot) = (byte / 16, byte % 16);
-            if channel == 2 {
-                masks[half][1][slot] = pixel as i8;
-            } else {
-                masks[half][0][slot] = (channel * BLOCK + pixel) as i8;
-            }
-            byte += 1;
-        }
-        masks
     }
 }
 
@@ -962,31 +1083,42 @@ mod tests {
         ];
         // Outputs that fill blocks of eight and some that do not, and taps
         // from one SIMD step to several.
-        for (from, to) in [((1201, 37), (384, 37)), ((4000, 9), (384, 9)), ((97, 5), (389, 5)), ((33, 3), (7, 3))] {
+        for (from, to) in [((1201, 37), (384, 37)), ((4000, 9), (384, 9)), ((97, 5), (389, 5)), ((33, 3), (7, 3)), ((2, 16), (5, 16))] {
             let src = noise(from.0 * from.1 * 3, 31);
             let expected = reference(&src, from, to);
             let weights = Weights::bicubic(from.0, to.0);
             let pass = HorizontalPass { src: &src, width: from.0, weights: &weights };
 
             for (kind, _) in supported.iter().filter(|(_, runs)| *runs) {
-                let mut planes = vec![0i16; 3 * pass.plane_len()];
+                let mut scratch = Vec::new();
                 let mut out = vec![0u8; to.0 * to.1 * 3];
-                x86::horizontal_using(*kind, &pass, 0..from.1, &mut planes, &mut out);
+                x86::horizontal_using(*kind, &pass, 0..from.1, &mut scratch, &mut out);
                 assert!(out == expected, "{from:?} -> {to:?} with {kind:?}");
+
+                // Rows from the middle, a block and a short block.
+                let rows = 1..from.1.min(12);
+                let mut part = vec![0u8; rows.len() * to.0 * 3];
+                x86::horizontal_using(*kind, &pass, rows.clone(), &mut scratch, &mut part);
+                assert!(part == expected[rows.start * to.0 * 3..rows.end * to.0 * 3], "{from:?} rows {rows:?} with {kind:?}");
             }
         }
     }
 
     #[test]
     fn split_weights_recombine() {
-        let weights = Weights::bicubic(4000, 384);
-        for out in 0..384 {
-            let row = out * weights.wide_taps;
-            let (_, _, k) = weights.of(out);
-            for (i, &w) in k.iter().enumerate() {
-                let (high, low) = (weights.high[row + i], weights.low[row + i]);
-                assert_eq!((i32::from(high) << LOW_BITS) + i32::from(low), w);
-                assert!((0..1 << LOW_BITS).contains(&i32::from(low)));
+        for (input, output) in [(4000, 384), (1001, 384), (97, 389), (7, 3)] {
+            let weights = Weights::bicubic(input, output);
+            for out in 0..output {
+                let (first, used, k) = weights.of(out);
+                for tap in 0..used {
+                    let input = first + tap;
+                    let slot = out * weights.pairs + (input / 2 - first / 2);
+                    let shift = 16 * (input % 2);
+                    let high = (weights.pair_high[slot] >> shift) as i16;
+                    let low = (weights.pair_low[slot] >> shift) as i16;
+                    assert_eq!((i32::from(high) << LOW_BITS) + i32::from(low), k[tap], "{input}->{output} at {out}");
+                    assert!((0..1 << LOW_BITS).contains(&i32::from(low)));
+                }
             }
         }
     }
@@ -1000,4 +1132,3 @@ mod tests {
         assert!(out.chunks_exact(3).all(|px| px == [17, 128, 250]));
     }
 }
-
