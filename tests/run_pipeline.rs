@@ -251,7 +251,26 @@ fn rejected_sizes_keep_width_and_height() {
     assert!(ok["width"].is_some());
     assert_eq!(too_small["width"], ok["width"]);
     assert_eq!(too_small["height"], ok["height"]);
+    assert_eq!(too_small["image_format"].as_deref(), Some("png"));
     assert_eq!(too_small["sha256"], ok["sha256"]);
+}
+
+#[test]
+fn undecodable_rows_keep_sniffed_format() {
+    let server = image_server(photo_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let list = write_file(dir.path(), "urls.txt", format!("{}\n{}\n", server.url("files/truncated.jpg"), server.url("html.jpg")).as_bytes());
+
+    let (output, out) = run_list(&list, &[]);
+
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let rows = read_shards(out.path());
+    let truncated = rows.iter().find(|r| r["url"].as_deref().is_some_and(|u| u.ends_with("truncated.jpg"))).unwrap();
+    let html = rows.iter().find(|r| r["url"].as_deref().is_some_and(|u| u.ends_with("html.jpg"))).unwrap();
+    assert_eq!(truncated["status"].as_deref(), Some("decode_error"));
+    assert_eq!(truncated["image_format"].as_deref(), Some("jpeg"));
+    assert_eq!(html["status"].as_deref(), Some("not_an_image"));
+    assert_ne!(html["image_format"].as_deref(), Some("jpeg"), "HTML is not a JPEG whatever its name");
 }
 
 /// The test suite runs the default CPU build, which must name the missing CUDA support and the

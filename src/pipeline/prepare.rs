@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use capfilt_workers::image::{DecodeLimits, PrepareError, PreprocessConfig, Preprocessor};
+use capfilt_workers::image::{sniff_format, DecodeLimits, PrepareError, PreprocessConfig, Preprocessor, Sniffed};
 use sha2::{Digest, Sha256};
 
 use crate::fetch::{locate, Fetcher};
@@ -95,9 +95,10 @@ fn decode_and_preprocess(
 
     let summary = summary.map_err(|e| match e {
         PrepareError::Decode(e) => {
-            // A size that was read but rejected (too small or too large) still describes the file.
+            // A size that was read but rejected (too small or too large) still describes the
+            // file, and so does a format that its magic bytes name.
             let (width, height) = e.dimensions().unwrap_or_default();
-            let info = ImageInfo { width, height, sha256: sha256.clone(), ..Default::default() };
+            let info = ImageInfo { width, height, format: sniffed_format(bytes), sha256: sha256.clone() };
             failure(status_from_decode(e.status()), e.to_string(), Some(info))
         }
         PrepareError::Preprocess(e) => {
@@ -112,6 +113,14 @@ fn decode_and_preprocess(
     };
 
     Ok(PreparedImage { pixels, info })
+}
+
+/// Returns the name of the decodable format that `bytes` start like, or an empty string.
+fn sniffed_format(bytes: &[u8]) -> String {
+    match sniff_format(bytes) {
+        Sniffed::Image(format) => format.as_str().to_string(),
+        Sniffed::UnsupportedImage(_) | Sniffed::NotAnImage(_) => String::new(),
+    }
 }
 
 fn status_from_decode(status: &str) -> RowStatus {
