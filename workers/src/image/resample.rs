@@ -566,9 +566,9 @@ mod x86 {
         let out_row_bytes = pass.weights.out_size * 3;
         let (planes, packed) = scratch.split_at_mut(layout.planes_len());
 
-        let first_row = rows.start;
+        let (first_row, end_row) = (rows.start, rows.end);
         for block_start in rows.step_by(BLOCK_ROWS) {
-            let block_rows = BLOCK_ROWS.min(first_row + out.len() / out_row_bytes - block_start);
+            let block_rows = BLOCK_ROWS.min(end_row - block_start);
 
             // SAFETY: the caller guarantees AVX2, and the scratch sizes.
             unsafe {
