@@ -289,6 +289,7 @@ fn cuda_device_on_cpu_build_fails_clearly() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("device cuda:1 is not available"), "{stderr}");
     assert!(stderr.contains("--features cuda"), "{stderr}");
+    assert!(!out.exists(), "the rejected run must not create its output folder");
 }
 
 #[test]

@@ -89,13 +89,31 @@ pub struct RunSummary {
     pub model_seconds: f64,
 }
 
-/// Parses `cpu`, `cuda` or `cuda:N`.
+/// Parses `cpu`, `cuda` or `cuda:N` and opens the device.
 pub fn parse_device(name: &str) -> anyhow::Result<Device> {
+    match cuda_ordinal(name)? {
+        None => Ok(Device::Cpu),
+        Some(ordinal) => open_cuda(ordinal),
+    }
+}
+
+/// Rejects a device name that this build could never open (a malformed name, or a GPU in a
+/// build without CUDA), without opening anything. Whether the GPU itself opens is found when
+/// the model loads.
+pub fn check_device(name: &str) -> anyhow::Result<()> {
+    match cuda_ordinal(name)? {
+        Some(ordinal) if !cfg!(feature = "cuda") => Err(cuda_not_built(ordinal)),
+        _ => Ok(()),
+    }
+}
+
+/// Returns the CUDA device that `name` selects, or `None` for the CPU.
+fn cuda_ordinal(name: &str) -> anyhow::Result<Option<usize>> {
     match name.trim() {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => open_cuda(0),
+        "cpu" => Ok(None),
+        "cuda" => Ok(Some(0)),
         other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
-            Some(ordinal) => open_cuda(ordinal),
+            Some(ordinal) => Ok(Some(ordinal)),
             None => bail!("invalid device {other:?}: expected cpu, cuda or cuda:N"),
         },
     }
@@ -105,10 +123,14 @@ pub fn parse_device(name: &str) -> anyhow::Result<Device> {
 /// CUDA support, or a machine where the driver finds no such GPU.
 fn open_cuda(ordinal: usize) -> anyhow::Result<Device> {
     if !cfg!(feature = "cuda") {
-        bail!("device cuda:{ordinal} is not available: this capfilt was built without CUDA support. Rebuild it with `cargo build --release --features cuda`.");
+        return Err(cuda_not_built(ordinal));
     }
     Device::new_cuda(ordinal)
         .with_context(|| format!("failed to open CUDA device {ordinal}: check that the driver is loaded and that `nvidia-smi` lists the GPU"))
+}
+
+fn cuda_not_built(ordinal: usize) -> anyhow::Error {
+    anyhow::anyhow!("device cuda:{ordinal} is not available: this capfilt was built without CUDA support. Rebuild it with `cargo build --release --features cuda`.")
 }
 
 pub fn read_options(config: &RunConfig) -> anyhow::Result<ReadOptions> {
@@ -130,6 +152,9 @@ pub fn read_options(config: &RunConfig) -> anyhow::Result<ReadOptions> {
 pub async fn run(inputs: &[String], output: &Path, config: RunConfig) -> anyhow::Result<RunSummary> {
     let started = Instant::now();
     config.validate()?;
+    // Checked before the output folder is created, so that a device this build cannot use leaves
+    // nothing behind.
+    check_device(&config.model.device)?;
     let options = read_options(&config)?;
     std::fs::create_dir_all(output).with_context(|| format!("failed to create output folder {}", output.display()))?;
     shard::remove_stale_temp_files(output);
