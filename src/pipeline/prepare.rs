@@ -58,7 +58,7 @@ impl Preparer {
 
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let limits = self.limits;
-        let config = self.preprocess.clone();
+        let config = self.preprocess;
         let jpeg_min_side = self.jpeg_min_side;
         self.pool.spawn(move || {
             let _ = sender.send(decode_and_preprocess(&bytes, &limits, jpeg_min_side, &config));
@@ -87,7 +87,7 @@ fn decode_and_preprocess(
     let summary = PREPROCESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().is_none_or(|p| p.config() != config) {
-            *slot = Some(Preprocessor::new(config.clone()).map_err(PrepareError::Preprocess)?);
+            *slot = Some(Preprocessor::new(*config).map_err(PrepareError::Preprocess)?);
         }
         let preprocessor = slot.as_mut().expect("preprocessor was just set");
         preprocessor.decode_and_run(bytes, limits, jpeg_min_side, &mut pixels)

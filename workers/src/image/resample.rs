@@ -1110,13 +1110,13 @@ mod tests {
             let weights = Weights::bicubic(input, output);
             for out in 0..output {
                 let (first, used, k) = weights.of(out);
-                for tap in 0..used {
-                    let input = first + tap;
-                    let slot = out * weights.pairs + (input / 2 - first / 2);
-                    let shift = 16 * (input % 2);
+                for (tap, &weight) in k[..used].iter().enumerate() {
+                    let sample = first + tap;
+                    let slot = out * weights.pairs + (sample / 2 - first / 2);
+                    let shift = 16 * (sample % 2);
                     let high = (weights.pair_high[slot] >> shift) as i16;
                     let low = (weights.pair_low[slot] >> shift) as i16;
-                    assert_eq!((i32::from(high) << LOW_BITS) + i32::from(low), k[tap], "{input}->{output} at {out}");
+                    assert_eq!((i32::from(high) << LOW_BITS) + i32::from(low), weight, "{input}->{output} at {out}");
                     assert!((0..1 << LOW_BITS).contains(&i32::from(low)));
                 }
             }
