@@ -74,9 +74,11 @@ struct Walk<'a> {
 pub(super) fn read_header(bytes: &[u8]) -> Result<JpegHeader<'_>, DecodeError> {
     let walk = walk_markers(bytes);
 
+    // A cut-off file ends this way, and so does one whose scan data contains
+    // a stray marker with a length that jumps past the real end.
     if !walk.saw_end {
         return Err(DecodeError::Corrupt(
-            "truncated jpeg: no end-of-image marker".into(),
+            "truncated or damaged jpeg: the segments end without an end-of-image marker".into(),
         ));
     }
 
