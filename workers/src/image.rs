@@ -579,12 +579,22 @@ fn decode_with(
 /// only then does libjpeg allocate and decode.
 fn decode_jpeg(bytes: &[u8], limits: &DecodeLimits, min_side: Option<u32>) -> Result<DecodedImage, DecodeError> {
     let header = jpeg::read_header(bytes)?;
+    decode_jpeg_whole(bytes, &header, limits, min_side)
+}
 
-    let (orientation, exif_orientation) = jpeg_orientation(&header);
+/// Decodes a JPEG whose header [`jpeg::read_header`] has read into one
+/// upright image.
+fn decode_jpeg_whole(
+    bytes: &[u8],
+    header: &jpeg::JpegHeader<'_>,
+    limits: &DecodeLimits,
+    min_side: Option<u32>,
+) -> Result<DecodedImage, DecodeError> {
+    let (orientation, exif_orientation) = jpeg_orientation(header);
     let upright = upright_dimensions((header.width, header.height), orientation);
     check_dimensions(upright, header.output_bytes(), limits)?;
 
-    let rgb = orient(jpeg::decode_rgb(bytes, &header, min_side)?, orientation);
+    let rgb = orient(jpeg::decode_rgb(bytes, header, min_side)?, orientation);
 
     let summary = ImageSummary {
         format: ImageFormatName::Jpeg,
@@ -1089,11 +1099,11 @@ impl Preprocessor {
     ///
     /// A JPEG stored upright (the common case) is decoded in bands of rows,
     /// and each band is resampled horizontally as soon as libjpeg has written
-    /// it. The full-size image is then never held in memory: a 12-megapixel
+    /// it. The full-size image is then never held in memory. A 12-megapixel
     /// photo needs a band of 192 KB and 3.5 MB of horizontally resized rows
     /// instead of 36 MB, whose pages the kernel would map and zero afresh for
-    /// every image, and the resize reads the rows from cache rather than from
-    /// main memory.
+    /// every image. The resize also reads the rows from cache rather than
+    /// from main memory.
     pub fn decode_and_run(
         &mut self,
         bytes: &[u8],
@@ -1103,15 +1113,14 @@ impl Preprocessor {
     ) -> Result<ImageSummary, PrepareError> {
         self.check_output(out)?;
 
-        let streamed = panic::catch_unwind(AssertUnwindSafe(|| self.decode_jpeg_in_bands(bytes, limits, jpeg_min_side)))
-            .unwrap_or_else(|_| Err(DecodeError::Corrupt("decoder panicked".into())))?;
-        let summary = match streamed {
-            Some(summary) => summary,
-            None => {
-                let decoded = decode_guarded(bytes, limits, jpeg_min_side)?;
-                self.resize(&decoded.rgb)?;
-                decoded.summary
-            }
+        let summary = if sniff_format(bytes) == Sniffed::Image(ImageFormatName::Jpeg) {
+            // Codecs are fed untrusted bytes, so a panic costs one row, as in `decode`.
+            panic::catch_unwind(AssertUnwindSafe(|| self.resize_jpeg(bytes, limits, jpeg_min_side)))
+                .unwrap_or_else(|_| Err(DecodeError::Corrupt("decoder panicked".into()).into()))?
+        } else {
+            let decoded = decode_guarded(bytes, limits, jpeg_min_side)?;
+            self.resize(&decoded.rgb)?;
+            decoded.summary
         };
 
         write_chw(&self.resized, &self.lut, out);
@@ -1126,38 +1135,30 @@ impl Preprocessor {
         Ok(())
     }
 
-    /// Decodes a JPEG into the resized image band by band. Returns `None`,
-    /// having decoded nothing, for other formats and for JPEGs that
-    /// [`decode`] has to hold whole: CMYK files, whose conversion works on
-    /// the whole image, and files whose EXIF orientation turns them.
-    fn decode_jpeg_in_bands(
-        &mut self,
-        bytes: &[u8],
-        limits: &DecodeLimits,
-        min_side: Option<u32>,
-    ) -> Result<Option<ImageSummary>, DecodeError> {
-        if sniff_format(bytes) != Sniffed::Image(ImageFormatName::Jpeg) {
-            return Ok(None);
-        }
-
+    /// Decodes a JPEG into `self.resized`: band by band when it is stored
+    /// upright, and as one image when it is CMYK (whose conversion works on
+    /// the whole image) or turned by its EXIF orientation.
+    fn resize_jpeg(&mut self, bytes: &[u8], limits: &DecodeLimits, min_side: Option<u32>) -> Result<ImageSummary, PrepareError> {
         let header = jpeg::read_header(bytes)?;
         let (orientation, exif_orientation) = jpeg_orientation(&header);
         if orientation != Orientation::NoTransforms || header.components == 4 {
-            return Ok(None);
+            let decoded = decode_jpeg_whole(bytes, &header, limits, min_side)?;
+            self.resize(&decoded.rgb)?;
+            return Ok(decoded.summary);
         }
         check_dimensions((header.width, header.height), header.output_bytes(), limits)?;
 
         let mut rows = jpeg::RgbRows::open(bytes, &header, min_side)?;
         let blank = self.resize_rows(&mut rows)?;
 
-        Ok(Some(ImageSummary {
+        Ok(ImageSummary {
             format: ImageFormatName::Jpeg,
             had_alpha: false,
             animated: false,
             exif_orientation,
             blank,
             source_size: (header.width, header.height),
-        }))
+        })
     }
 
     /// Resizes the rows libjpeg decodes into `self.resized`, a band at a

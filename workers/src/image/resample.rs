@@ -34,10 +34,6 @@ const PRECISION_BITS: u32 = 22;
 /// The rounding offset every sum starts from.
 const HALF: i32 = 1 << (PRECISION_BITS - 1);
 
-/// Weights per SIMD step of the vertical pass: eight i32 lanes fill an
-/// AVX2 register.
-const LANES: usize = 8;
-
 /// Bits of each weight's low half in [`Weights::pair_high`] and
 /// [`Weights::pair_low`].
 const LOW_BITS: u32 = 8;
@@ -59,8 +55,8 @@ fn bicubic(x: f64) -> f64 {
 
 /// The fixed-point filter weights of one axis, for every output index:
 /// the first input index, how many inputs contribute, and the weights,
-/// zero-padded to a multiple of [`LANES`] so that every dot product runs
-/// whole SIMD steps.
+/// zero-padded to PIL's kernel size (`taps`) so that every row has the same
+/// length.
 #[derive(Debug, Clone)]
 pub(super) struct Weights {
     in_size: usize,
@@ -94,12 +90,12 @@ impl Weights {
         let support = SUPPORT * filter_scale;
         // PIL multiplies by the reciprocal, which can round differently from a division.
         let inverse_scale = 1.0 / filter_scale;
-        let pil_taps = support.ceil() as usize * 2 + 1;
-        let taps = pil_taps.div_ceil(LANES) * LANES;
+        // PIL's `ksize`, the most inputs any output reads.
+        let taps = support.ceil() as usize * 2 + 1;
 
         let mut spans = Vec::with_capacity(out_size);
         let mut values = vec![0; out_size * taps];
-        let mut weights = Vec::with_capacity(pil_taps);
+        let mut weights = Vec::with_capacity(taps);
         for (out, row) in values.chunks_exact_mut(taps).enumerate() {
             let center = (out as f64 + 0.5) * scale;
 
@@ -197,7 +193,7 @@ fn clip8(sum: i32) -> u8 {
 pub(super) struct Resampler {
     horizontal: Option<Weights>,
     vertical: Option<Weights>,
-    planes: Vec<i16>,
+    scratch: Vec<i16>,
     intermediate: Vec<u8>,
     sums: Vec<i32>,
 }
@@ -222,7 +218,7 @@ impl Resampler {
         run_vertical(src, width * 3, vertical, 0, &mut self.sums, &mut self.intermediate);
 
         let pass = HorizontalPass { src: &self.intermediate, width, weights: horizontal };
-        run_horizontal(&pass, 0..out_h, &mut self.planes, out);
+        run_horizontal(&pass, 0..out_h, &mut self.scratch, out);
     }
 
     /// Starts a resize of a `width`×`height` image whose rows arrive top to
@@ -282,7 +278,7 @@ impl RowStream<'_> {
         match &r.horizontal {
             Some(weights) if width != self.to.0 => {
                 let pass = HorizontalPass { src: rows, width, weights };
-                run_horizontal(&pass, band_rows, &mut r.planes, dst);
+                run_horizontal(&pass, band_rows, &mut r.scratch, dst);
             }
             _ => dst.copy_from_slice(&rows[band_rows.start * row_bytes..band_rows.end * row_bytes]),
         }
@@ -357,40 +353,22 @@ fn run_horizontal(pass: &HorizontalPass<'_>, rows: std::ops::Range<usize>, scrat
     horizontal_portable(pass, rows, scratch, out)
 }
 
+/// Runs the horizontal pass without SIMD: splits each row into three planes,
+/// then computes each output pixel as three dot products.
 fn horizontal_portable(pass: &HorizontalPass<'_>, rows: std::ops::Range<usize>, planes: &mut [i16], out: &mut [u8]) {
-    let resample_row = |planes: [&[i16]; 3], out_row: &mut [u8]| {
-        for (x, px) in out_row.chunks_exact_mut(3).enumerate() {
-            px.copy_from_slice(&portable_pixel(pass.weights, planes, x));
-        }
-    };
-    horizontal_with(pass, rows, planes, out, deinterleave, resample_row);
-}
-
-/// Returns output pixel `x` of a row split into `planes`.
-fn portable_pixel(weights: &Weights, planes: [&[i16]; 3], x: usize) -> [u8; 3] {
-    let (first, _, k) = weights.of(x);
-    dot3(planes.map(|plane| &plane[first..]), k).map(clip8)
-}
-
-/// Runs the horizontal pass with the given kernels: one that splits a row
-/// into planes, and one that resamples the planes into an output row.
-#[inline(always)]
-fn horizontal_with(
-    pass: &HorizontalPass<'_>,
-    rows: std::ops::Range<usize>,
-    planes: &mut [i16],
-    out: &mut [u8],
-    split: impl Fn(&[u8], [&mut [i16]; 3]),
-    resample_row: impl Fn([&[i16]; 3], &mut [u8]),
-) {
     let plane_len = pass.plane_len();
     let row_bytes = pass.weights.out_size * 3;
 
     for (y, out_row) in rows.zip(out.chunks_exact_mut(row_bytes)) {
         let (red, rest) = planes.split_at_mut(plane_len);
         let (green, blue) = rest.split_at_mut(plane_len);
-        split(pass.row(y), [&mut *red, &mut *green, &mut *blue]);
-        resample_row([red, green, blue], out_row);
+        deinterleave(pass.row(y), [&mut *red, &mut *green, &mut *blue]);
+
+        for (x, px) in out_row.chunks_exact_mut(3).enumerate() {
+            let (first, _, k) = pass.weights.of(x);
+            let sums = dot3([&red[first..], &green[first..], &blue[first..]], k);
+            px.copy_from_slice(&sums.map(clip8));
+        }
     }
 }
 
@@ -418,7 +396,7 @@ fn dot3(planes: [&[i16]; 3], k: &[i32]) -> [i32; 3] {
 /// Each 32-bit lane of a register carries one row, so an output pixel's sum
 /// for eight rows builds up in one register with no adds across lanes at
 /// the end. The rows are split into 16-bit planes and transposed, so that
-/// a lane contains the same two neighbouring inputs of its row, and every
+/// a lane contains the same two neighbouring inputs of its row. Every
 /// multiply-add (`vpdpwssd` with AVX-512 VNNI or AVX VNNI, `pmaddwd` and an
 /// add with plain AVX2) weights two inputs of eight rows by one pair of
 /// 16-bit weight halves. An earlier kernel, one row at a time with a tree of
